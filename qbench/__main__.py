@@ -1,0 +1,3 @@
+from qbench.cli import main
+
+raise SystemExit(main())
