@@ -21,6 +21,7 @@ from qbench.errors import QbenchError
 COMMANDS = ("data", "train", "quantize", "export", "sweep", "report")
 
 EXIT_USAGE = 2
+DESCRIPTION = "qbench: quantization and kernel benchmarks for small on-device audio models"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +36,7 @@ def _command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qbench", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="qbench", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"qbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:

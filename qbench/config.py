@@ -2,7 +2,7 @@
 
 Every config in qbench is a frozen dataclass that inherits :class:`Config`. It validates
 itself in ``__post_init__`` (raising :class:`~qbench.errors.ConfigError`, a ``ValueError``, naming the field), serialises to a JSON
-document carrying ``kind`` and ``version``, and hashes to a stable ``key()`` that names cache
+document carrying ``config_kind`` and ``config_version``, and hashes to a stable ``key()`` that names cache
 entries. Nested configs, enums and tuples round-trip.
 """
 
@@ -19,6 +19,9 @@ from typing import Any, ClassVar, TypeVar
 from qbench.errors import ConfigError
 
 CONFIG_SCHEMA_VERSION = 1
+# Metadata keys of a serialised config; prefixed so they never collide with a field name.
+KIND_KEY = "config_kind"
+VERSION_KEY = "config_version"
 
 C = TypeVar("C", bound="Config")
 
@@ -73,7 +76,7 @@ class Config:
     version: ClassVar[int] = CONFIG_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": type(self).__name__, "version": self.version}
+        out: dict[str, Any] = {KIND_KEY: type(self).__name__, VERSION_KEY: self.version}
         for f in dataclasses.fields(self):
             out[f.name] = _encode(getattr(self, f.name))
         return out
@@ -81,8 +84,8 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         data = dict(data)
-        kind = data.pop("kind", cls.__name__)
-        version = data.pop("version", cls.version)
+        kind = data.pop(KIND_KEY, cls.__name__)
+        version = data.pop(VERSION_KEY, cls.version)
         if kind != cls.__name__:
             raise ConfigError(f"expected a {cls.__name__} document, got kind={kind!r}")
         if version != cls.version:

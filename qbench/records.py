@@ -1,0 +1,141 @@
+"""Results documents: one versioned JSON file per sweep, rewritten atomically per point.
+
+Layout of a document (``RESULTS_SCHEMA_VERSION``)::
+
+    {"schema_version": 1, "kind": "qbench-results",
+     "provenance": {machine, machine_id, versions, git, utc},   # of the latest run that wrote
+     "config": {...SweepConfig...},
+     "records": [{"id": ..., "status": "ok" | "failed", "error": null | "reason", ...}, ...]}
+
+Conventions (asv's): a figure that is ``None`` (JSON null) failed to be measured; ``NaN``
+means it was not measured for that point (e.g. latency of a failed artifact is null, file
+size of the PyTorch backend is NaN). Each record carries its own ``provenance`` too, since a
+resumed sweep may span two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import QbenchError
+
+RESULTS_SCHEMA_VERSION = 1
+DOCUMENT_KIND = "qbench-results"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf survive as JSON's non-standard NaN (Python's json reads them back)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+class ResultsDocument:
+    """The records of one sweep, stored at ``path``; ``add`` persists at once."""
+
+    def __init__(self, path: Path, *, config: dict[str, Any], provenance: dict[str, Any]):
+        self.path = Path(path)
+        self.config = config
+        self.provenance = provenance
+        self.records: list[dict[str, Any]] = []
+
+    @classmethod
+    def load(cls, path: Path) -> "ResultsDocument":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise QbenchError(f"no results file at {path}") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise QbenchError(f"cannot read results file {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("kind") != DOCUMENT_KIND:
+            raise QbenchError(f"{path} is not a qbench results file")
+        if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
+            raise QbenchError(
+                f"{path} has results schema {data.get('schema_version')}, this qbench reads {RESULTS_SCHEMA_VERSION}"
+            )
+        doc = cls(path, config=data["config"], provenance=data["provenance"])
+        doc.records = list(data["records"])
+        return doc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": RESULTS_SCHEMA_VERSION,
+            "kind": DOCUMENT_KIND,
+            "provenance": self.provenance,
+            "config": self.config,
+            "records": self.records,
+        }
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(_jsonable(self.to_dict()), indent=1, allow_nan=True) + "\n")
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.records if r["id"] == record_id), None)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Insert or replace the record with this id, then persist the document."""
+        self.records = [r for r in self.records if r["id"] != record["id"]]
+        self.records.append(record)
+        self.save()
+
+    def finished_ids(self, *, include_failed: bool = True) -> set[str]:
+        keep = {STATUS_OK, STATUS_FAILED} if include_failed else {STATUS_OK}
+        return {r["id"] for r in self.records if r.get("status") in keep}
+
+
+def failed_record(record_id: str, fields: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A point that could not be measured: kept, with why, never dropped."""
+    return {"id": record_id, **fields, "status": STATUS_FAILED, "error": reason}
+
+
+def is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted columns, for CSV and DataFrames (``latency.b1_t1.median_ms``)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def records_frame(records: Iterable[dict[str, Any]]):
+    """A pandas DataFrame with one row per record and dotted columns."""
+    import pandas as pd
+
+    return pd.DataFrame([flatten(r) for r in records])

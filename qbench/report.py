@@ -1,0 +1,177 @@
+"""Tables and plots rendered from stored records only, so they can always be rebuilt.
+
+A record (one sweep point, see :mod:`qbench.sweep`) has at least ``id``, ``status``,
+``model``, ``precision`` (``fp32`` or a tag such as ``w4a8``), ``weight_bits``, ``method``
+(``fp32``/``ptq``/``qat``), ``distill``, ``backend``; ok records add ``metrics.error``,
+``packed_bytes``, ``file_bytes``, ``pct_fp32``, ``pct_teacher``, ``agreement`` and
+``latency.<b{batch}_t{threads}>.median_ms``/``iqr_ms``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import QbenchError
+from qbench.records import STATUS_OK, ResultsDocument, atomic_write_text, records_frame
+
+TABLE_NAME = "results.md"
+CSV_NAME = "results.csv"
+PLOT_SIZE = "pareto_size.png"
+PLOT_LATENCY = "pareto_latency.png"
+
+
+def _num(value: Any, fmt: str, scale: float = 1.0) -> str:
+    if value is None:
+        return "failed"
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return format(value * scale, fmt)
+
+
+def _latency(rec: dict[str, Any], key: str) -> str:
+    lat = (rec.get("latency") or {}).get(key)
+    if not lat:
+        return "–"
+    return f"{_num(lat.get('median_ms'), '.3g')} ± {_num(lat.get('iqr_ms'), '.2g')}"
+
+
+def latency_keys(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The ``b{batch}_t{threads}`` latency settings present, batch then threads ascending."""
+    keys = {k for r in records for k in (r.get("latency") or {})}
+
+    def order(k: str) -> tuple[int, int]:
+        batch, threads = k[1:].split("_t")
+        return int(batch), int(threads)
+
+    return sorted(keys, key=order)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
+    """Error and size per model, precision, method and distillation (PyTorch backend)."""
+    rows = []
+    for r in records:
+        if r.get("backend") != "torch":
+            continue
+        metrics = r.get("metrics") or {}
+        rows.append([
+            r.get("model", "?"), r.get("precision", "?"), r.get("method", "?"), r.get("distill", "?"),
+            r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80],
+            _num(r.get("params", float("nan")), ","),
+            _num(metrics.get("error", float("nan")), ".2f", 100),
+            _num(r.get("delta_error_vs_fp32", float("nan")), "+.2f", 100),
+            _num(r.get("packed_bytes", float("nan")), ".1f", 1 / 1024),
+            _num(r.get("pct_fp32", float("nan")), ".1f"),
+            _num(r.get("pct_teacher", float("nan")), ".2f"),
+        ])
+    header = ["model", "precision", "method", "distill", "status", "params", "error %",
+              "Δ error vs fp32 (pts)", "packed KiB", "% of fp32 student", "% of teacher"]
+    return _md_table(header, rows)
+
+
+def deployment_table(records: Sequence[dict[str, Any]]) -> str:
+    """Per backend: file size, agreement with the PyTorch model, latency median ± IQR."""
+    keys = latency_keys(records)
+    rows = []
+    for r in records:
+        if r.get("method") == "ptq":
+            continue
+        agreement = r.get("agreement") or {}
+        rows.append([
+            r.get("model", "?"), r.get("precision", "?"), r.get("distill", "?"), r.get("backend", "?"),
+            r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80],
+            _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
+            _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
+            _num(agreement.get("top1", float("nan")), ".2f", 100),
+            *[_latency(r, k) for k in keys],
+        ])
+    header = ["model", "precision", "distill", "backend", "status", "file KiB", "error %",
+              "top-1 agreement %", *[f"{k} ms" for k in keys]]
+    return _md_table(header, rows)
+
+
+def machine_line(doc: ResultsDocument) -> str:
+    prov = doc.provenance
+    m, v, g = prov["machine"], prov["versions"], prov["git"]
+    libs = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    return (f"Machine `{prov['machine_id']}`: {m['arch']}, {m['cpu_model']}, {m['usable_cores']} cores "
+            f"(ISA: {', '.join(m.get('isa', [])) or 'n/a'}); {libs}; commit {str(g['commit'])[:10]}"
+            f"{' (dirty)' if g.get('dirty') else ''}; {prov['utc']}.")
+
+
+def render_markdown(doc: ResultsDocument) -> str:
+    machines = {r.get("provenance", {}).get("machine_id") for r in doc.records} - {None}
+    if len(machines) > 1:
+        raise QbenchError(f"{doc.path} mixes records from machines {sorted(machines)}; split them before reporting")
+    failed = [r for r in doc.records if r["status"] != STATUS_OK]
+    parts = [
+        "# qbench results", "", machine_line(doc), "",
+        f"{len(doc.records)} points, {len(failed)} failed. Latency columns are `b<batch>_t<threads>`: "
+        "median ± IQR in ms over repeated runs after warm-up.", "",
+        "## Error and size (PyTorch)", "", accuracy_table(doc.records), "",
+        "## Deployment (backends)", "", deployment_table(doc.records), "",
+    ]
+    return "\n".join(parts)
+
+
+def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {None: "*", 2: "v", 3: "<", 4: "s", 5: ">", 6: "D", 7: "p", 8: "o"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = sorted({r["model"] for r in records})
+    colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    seen = set()
+    for r in records:
+        x = x_of(r)
+        err = (r.get("metrics") or {}).get("error")
+        if x is None or err is None or (isinstance(x, float) and math.isnan(x)):
+            continue
+        bits = r.get("weight_bits")
+        label = f"{r['model']} {r.get('precision')}"
+        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), color=colours[r["model"]],
+                   label=None if label in seen else label, s=50, alpha=0.85)
+        seen.add(label)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test error %")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_plots(doc: ResultsDocument, out_dir: Path) -> list[Path]:
+    """Pareto plots: error against packed size, and against batch-1 single-thread latency."""
+    ok = [r for r in doc.records if r["status"] == STATUS_OK and r.get("role") != "teacher"]
+    torch_points = [r for r in ok if r.get("backend") == "torch"]
+    size_path, lat_path = out_dir / PLOT_SIZE, out_dir / PLOT_LATENCY
+    _plot(torch_points, lambda r: r.get("packed_bytes"), "packed size (bytes)", size_path,
+          "Error against packed model size (marker = weight bits)")
+    lat_points = [r for r in ok if r.get("method") != "ptq"]
+    _plot(lat_points, lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("median_ms"),
+          "latency, batch 1, 1 thread (ms)", lat_path, "Error against latency (all backends)")
+    return [size_path, lat_path]
+
+
+def render(doc: ResultsDocument, out_dir: Path | None = None) -> list[Path]:
+    """Write the Markdown table, CSV and plots for ``doc`` beside it (or into ``out_dir``)."""
+    out_dir = Path(out_dir) if out_dir else doc.path.parent
+    md_path, csv_path = out_dir / TABLE_NAME, out_dir / CSV_NAME
+    atomic_write_text(md_path, render_markdown(doc))
+    atomic_write_text(csv_path, records_frame(doc.records).to_csv(index=False))
+    return [md_path, csv_path, *render_plots(doc, out_dir)]

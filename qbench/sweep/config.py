@@ -1,0 +1,145 @@
+"""SweepConfig: every choice a sweep makes, validated before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+
+from qbench.config import Config, check_range
+from qbench.data.config import DataConfig
+from qbench.distill import DistillConfig, DistillMode
+from qbench.errors import ConfigError
+from qbench.quant.config import BIT_WIDTHS, QuantConfig, check_bits
+from qbench.train import TrainConfig
+
+
+class SweepBackend(str, Enum):
+    """Where a quantized student runs in a sweep."""
+
+    TORCH = "torch"
+    """PyTorch: the fp32 model or the Brevitas fake-quantized model."""
+    ENGINE = "engine"
+    """qbench's Numba fixed-point integer engine (LSTM students only)."""
+    ONNXRUNTIME = "onnxruntime"
+    """The exported ONNX graph in ONNX Runtime (CPU execution provider)."""
+    OPENVINO = "openvino"
+    """The exported model compiled by OpenVINO's CPU plugin (f32 hint and runtime default)."""
+
+
+DEFAULT_BACKENDS = tuple(SweepBackend)
+ALL_CORES = 0  # in ``threads``: every usable core of the machine that runs the sweep
+
+
+def _default_teacher_train() -> TrainConfig:
+    return TrainConfig(epochs=12, patience=4, lr=2e-3)
+
+
+def _default_student_train() -> TrainConfig:
+    return TrainConfig(epochs=12, patience=4, lr=3e-3)
+
+
+def _default_qat_train() -> TrainConfig:
+    return TrainConfig(epochs=3, patience=2, lr=5e-4)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(Config):
+    """A grid of points: model x (weight bits, act bits) x distillation x backend.
+
+    ``bits`` holds (weight_bits, act_bits) pairs. ``quant`` supplies everything else a
+    :class:`QuantConfig` needs (granularity, scale type, rounding, cell bits); ``distill_params``
+    supplies temperature, alpha and lambda for every distillation mode in ``distill``.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    models: tuple[str, ...] = ("lstm", "dscnn")
+    teacher: str = "transformer"
+    distill: tuple[DistillMode, ...] = (DistillMode.NONE, DistillMode.KD)
+    bits: tuple[tuple[int, int], ...] = ((2, 2), (4, 4), (8, 8))
+    backends: tuple[SweepBackend, ...] = DEFAULT_BACKENDS
+    threads: tuple[int, ...] = (1, ALL_CORES)
+    batch: int = 32
+    ptq: bool = True
+    quant: QuantConfig = dataclasses.field(default_factory=QuantConfig)
+    distill_params: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    teacher_train: TrainConfig = dataclasses.field(default_factory=_default_teacher_train)
+    student_train: TrainConfig = dataclasses.field(default_factory=_default_student_train)
+    qat_train: TrainConfig = dataclasses.field(default_factory=_default_qat_train)
+    latency_repeats: int = 30
+    eval_limit: int | None = None  # cap on test clips scored per backend (None: the whole split)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        owner = "SweepConfig"
+        if not self.models:
+            raise ConfigError(f"{owner}.models must name at least one student")
+        object.__setattr__(self, "distill", tuple(_coerce(owner, "distill", d, DistillMode) for d in self.distill))
+        object.__setattr__(self, "backends", tuple(_coerce(owner, "backends", b, SweepBackend) for b in self.backends))
+        if not self.distill or not self.backends or not self.bits or not self.threads:
+            raise ConfigError(f"{owner}: distill, backends, bits and threads must each name at least one value")
+        if SweepBackend.TORCH not in self.backends:
+            raise ConfigError(f"{owner}.backends must include torch: every other backend is checked against it")
+        for w, a in self.bits:
+            check_bits(owner, "weight bits", w)
+            check_bits(owner, "activation bits", a)
+        for t in self.threads:
+            check_range(owner, "threads", t, 0, 1024, integer=True)
+        check_range(owner, "batch", self.batch, 1, 65536, integer=True)
+        check_range(owner, "latency_repeats", self.latency_repeats, 3, 100000, integer=True)
+        if self.eval_limit is not None:
+            check_range(owner, "eval_limit", self.eval_limit, 1, 10**9, integer=True)
+        if any(d.uses_attention for d in self.distill) and self.teacher != "transformer":
+            raise ConfigError(f"{owner}: temporal KD needs the transformer teacher, not {self.teacher!r}")
+
+    def quant_config(self, weight_bits: int, act_bits: int) -> QuantConfig:
+        return self.quant.replace(weight_bits=weight_bits, act_bits=act_bits)
+
+    def distill_config(self, mode: DistillMode) -> DistillConfig:
+        return self.distill_params.replace(mode=mode, teacher=self.teacher)
+
+
+def _coerce(owner: str, name: str, value: object, enum_type: type[Enum]):
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum_type)
+        raise ConfigError(f"{owner}.{name}: unknown value {value!r} (allowed: {allowed})") from None
+
+
+def parse_int_list(option: str, text: str) -> tuple[int, ...]:
+    """``"2,4,8"`` -> (2, 4, 8), or a one-line ConfigError naming the option and the bad item."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ConfigError(f"{option}: expected a comma-separated list of integers, got {text!r}")
+    out = []
+    for t in items:
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise ConfigError(f"{option}: {t!r} is not an integer (in {text!r})") from None
+    return tuple(out)
+
+
+def parse_bits(option: str, text: str) -> tuple[int, ...]:
+    """Bit widths for a CLI option, each checked against the 2-8 grid."""
+    values = parse_int_list(option, text)
+    for v in values:
+        if v not in BIT_WIDTHS:
+            raise ConfigError(f"{option}: {v} bits is not supported (bit widths run from {BIT_WIDTHS[0]} to {BIT_WIDTHS[-1]})")
+    return values
+
+
+def bit_pairs(*, bits: tuple[int, ...] | None, weight_bits: tuple[int, ...] | None,
+              act_bits: tuple[int, ...] | None) -> tuple[tuple[int, int], ...] | None:
+    """``--bits`` pairs weights and activations (w4a4); the two separate options cross.
+
+    ``--weight-bits 2,4`` alone keeps 8-bit activations; ``--act-bits`` alone keeps 8-bit weights.
+    None when no option was given (the config's default grid applies).
+    """
+    if bits is not None and (weight_bits is not None or act_bits is not None):
+        raise ConfigError("--bits sets both weights and activations; use it alone, or --weight-bits/--act-bits")
+    if bits is not None:
+        return tuple((b, b) for b in bits)
+    if weight_bits is None and act_bits is None:
+        return None
+    return tuple((w, a) for w in (weight_bits or (8,)) for a in (act_bits or (8,)))

@@ -1,0 +1,100 @@
+"""From command-line options to a validated SweepConfig, before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from qbench.data.config import DataConfig, DatasetKind
+from qbench.errors import ConfigError, QbenchError
+from qbench.sweep.config import SweepConfig, bit_pairs, parse_bits, parse_int_list
+from qbench.train import TrainConfig
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def quick_preset(cfg: SweepConfig) -> SweepConfig:
+    """A smoke run of the same road: 1 s clips, a dozen clips a class, a few batches per stage."""
+    tiny = TrainConfig(epochs=1, patience=1, batch_size=16, max_train_batches=3)
+    return cfg.replace(
+        data=cfg.data.replace(clip_seconds=min(cfg.data.clip_seconds, 1.0), clips_per_class=12)
+        if cfg.data.kind.synthetic else cfg.data,
+        teacher_train=tiny, student_train=tiny, qat_train=tiny.replace(lr=5e-4),
+        latency_repeats=5, eval_limit=64, batch=8,
+    )
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """The DataConfig the data options describe; a one-line error for an unusable path."""
+    if args.data is not None and args.dataset is not None:
+        raise ConfigError("--data takes a folder you bring; --dataset names generated data: use one")
+    if args.data is None and args.dataset_format is not None:
+        raise ConfigError("--dataset-format describes --data, which is missing")
+    fields: dict = {}
+    if args.seconds is not None:
+        fields["clip_seconds"] = args.seconds
+    if args.clips_per_class is not None:
+        fields["clips_per_class"] = args.clips_per_class
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    if args.data is not None:
+        if args.dataset_format is None:
+            raise ConfigError("--data needs --dataset-format (esc50, fsd50k, speechcommands or csv)")
+        check_readable_dir(args.data)
+        return DataConfig(kind=DatasetKind(args.dataset_format), path=str(args.data.resolve()), **fields)
+    return DataConfig(kind=DatasetKind(args.dataset or "keywords"), **fields)
+
+
+def check_readable_dir(path: Path) -> None:
+    if not path.exists():
+        raise QbenchError(f"data path {path} does not exist")
+    if not path.is_dir():
+        raise QbenchError(f"data path {path} is not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise QbenchError(f"data path {path} is not readable")
+
+
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """Every option checked (bits, names, paths) and folded into one SweepConfig."""
+    fields: dict = {"data": data_config(args)}
+    pairs = bit_pairs(
+        bits=parse_bits("--bits", args.bits) if args.bits is not None else None,
+        weight_bits=parse_bits("--weight-bits", args.weight_bits) if args.weight_bits is not None else None,
+        act_bits=parse_bits("--act-bits", args.act_bits) if args.act_bits is not None else None,
+    )
+    if pairs is not None:
+        fields["bits"] = pairs
+    for option, name in (("models", "models"), ("distill", "distill"), ("backends", "backends")):
+        value = getattr(args, option)
+        if value is not None:
+            if not _csv(value):
+                raise ConfigError(f"--{option}: expected a comma-separated list, got {value!r}")
+            fields[name] = _csv(value)
+    if args.teacher is not None:
+        fields["teacher"] = args.teacher
+    if args.threads is not None:
+        fields["threads"] = parse_int_list("--threads", args.threads)
+    for name in ("batch", "seed"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.no_ptq:
+        fields["ptq"] = False
+    base = SweepConfig(**fields)
+    quant = {k: getattr(args, k) for k in ("scale_type", "granularity") if getattr(args, k) is not None}
+    if quant:
+        base = base.replace(quant=base.quant.replace(**quant))
+    return quick_preset(base) if args.quick else base
+
+
+def validate_names(cfg: SweepConfig) -> None:
+    """Unknown students or teacher: a one-line error listing the known names."""
+    import models
+
+    unknown = [m for m in cfg.models if m not in models.list_students()]
+    if unknown:
+        raise ConfigError(f"--models: unknown student(s) {', '.join(unknown)}; known: {', '.join(models.list_students())}")
+    if cfg.teacher not in models.list_teachers():
+        raise ConfigError(f"--teacher: unknown teacher {cfg.teacher!r}; known: {', '.join(models.list_teachers())}")

@@ -1,0 +1,63 @@
+"""The ordered list of points a sweep measures.
+
+Order matters for cost, not correctness: points that share a trained model sit together, so a
+trained student or QAT model is built once and measured on every backend before the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qbench.distill import DistillMode
+from qbench.sweep.config import SweepBackend, SweepConfig
+
+# Students the integer engine can run: it implements the quantized LSTM recurrence.
+ENGINE_MODELS = frozenset({"lstm"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One measured configuration. ``method`` is fp32, ptq or qat (teacher points: fp32)."""
+
+    role: str  # "teacher" | "student"
+    model: str
+    method: str
+    distill: DistillMode
+    backend: SweepBackend
+    weight_bits: int | None = None
+    act_bits: int | None = None
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.weight_bits is None else f"w{self.weight_bits}a{self.act_bits}"
+
+    @property
+    def id(self) -> str:
+        name = self.model if self.weight_bits is None else f"{self.model}_{self.precision}"
+        return f"{self.role}:{name}/{self.method}/{self.distill.value}/{self.backend.value}"
+
+    def fields(self) -> dict[str, object]:
+        """The columns every record of this point carries, ok or failed."""
+        return {
+            "role": self.role, "model": self.model, "precision": self.precision, "method": self.method,
+            "distill": self.distill.value, "backend": self.backend.value,
+            "weight_bits": self.weight_bits, "act_bits": self.act_bits,
+        }
+
+
+def quant_backends(cfg: SweepConfig, model: str) -> list[SweepBackend]:
+    return [b for b in cfg.backends if b is not SweepBackend.ENGINE or model in ENGINE_MODELS]
+
+
+def plan_points(cfg: SweepConfig) -> list[Point]:
+    """Teacher first, then per student: fp32, PTQ and QAT points, each QAT model on every backend."""
+    points = [Point("teacher", cfg.teacher, "fp32", DistillMode.NONE, SweepBackend.TORCH)]
+    for model in cfg.models:
+        for mode in cfg.distill:
+            points.append(Point("student", model, "fp32", mode, SweepBackend.TORCH))
+            for w, a in cfg.bits:
+                if cfg.ptq:
+                    points.append(Point("student", model, "ptq", mode, SweepBackend.TORCH, w, a))
+                for backend in quant_backends(cfg, model):
+                    points.append(Point("student", model, "qat", mode, backend, w, a))
+    return points

@@ -1,0 +1,153 @@
+"""What a sweep measures at each point: error, size, agreement and latency.
+
+Figures (see :mod:`qbench.report` for how they are shown):
+
+* ``metrics``: the task's metrics on the test split through *this backend* (``error`` first);
+* ``delta_error_vs_fp32``: that error minus the fp32 student's (same model and distillation);
+* ``params``, ``packed_bytes`` (fp32 bytes for float models), ``pct_fp32``, ``pct_teacher``;
+* ``file_bytes``: the deployed artifact on disk (NaN for PyTorch, which deploys nothing);
+* ``agreement``: top-1 agreement with the Brevitas model and the largest logit difference;
+* ``latency``: ``b<batch>_t<threads>`` -> median/IQR in ms (see :mod:`qbench.measure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from qbench.metrics import evaluate
+from qbench.sweep.config import SweepBackend
+from qbench.sweep.plan import Point
+
+NAN = float("nan")
+Run = Callable[[np.ndarray], np.ndarray]
+RunnerFactory = Callable[[int], Run]  # threads -> run(x) -> (B, C) logits
+EVAL_BATCH = 256
+
+_QAT_BACKENDS: dict[SweepBackend, Callable[..., dict[str, Any]]] = {}
+
+
+def on_backend(backend: SweepBackend):
+    """Register how a QAT point is measured on ``backend``."""
+    def deco(fn):
+        _QAT_BACKENDS[backend] = fn
+        return fn
+    return deco
+
+
+def scores_of(run: Run, x: np.ndarray) -> np.ndarray:
+    """(N, C) outputs of ``run`` over ``x`` (N, T, F), in batches."""
+    return np.concatenate([np.asarray(run(x[i:i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)])
+
+
+def latency(pipe, factory: RunnerFactory) -> dict[str, dict[str, float]]:
+    """Latency at batch 1 and the sweep's batch, for each thread count."""
+    from qbench.measure import measure_latency
+
+    out = {}
+    inputs = pipe.latency_inputs()
+    for threads in pipe.thread_counts():
+        run = factory(threads)
+        for batch, x in inputs.items():
+            stats = measure_latency(run, x, threads=threads, repeats=pipe.cfg.latency_repeats)
+            out[f"b{batch}_t{threads}"] = stats.to_dict()
+    return out
+
+
+def agreement(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement and largest absolute output difference against the reference model."""
+    return {"top1": float(np.mean(scores.argmax(1) == reference.argmax(1))),
+            "max_abs_diff": float(np.max(np.abs(scores - reference))) if scores.size else NAN}
+
+
+def _error(pipe, scores: np.ndarray) -> dict[str, float]:
+    ds = pipe.dataset()
+    return evaluate(pipe.eval_split().y, scores, multilabel=ds.multilabel)
+
+
+def _torch_factory(model) -> RunnerFactory:
+    from qbench.measure import torch_runner
+
+    return lambda threads: torch_runner(model, threads=threads)
+
+
+def _teacher_bytes(pipe) -> int:
+    from qbench.quant.size import fp32_size
+
+    return fp32_size(pipe.teacher())
+
+
+def _fp32_reference(pipe, point: Point) -> tuple[Any, np.ndarray, dict[str, float]]:
+    """The fp32 student of this point's model and mode: model, test scores, metrics."""
+    from qbench.measure import torch_runner
+
+    def make():
+        model, _ = pipe.student(point.model, point.distill)
+        scores = scores_of(torch_runner(model, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+        return model, scores, _error(pipe, scores)
+
+    return pipe._once(("fp32-scores", point.model, point.distill.value), make)
+
+
+def _float_figures(pipe, model, scores: np.ndarray, *, teacher: bool) -> dict[str, Any]:
+    from qbench.quant.size import fp32_size
+
+    size = fp32_size(model)
+    return {"metrics": _error(pipe, scores), "params": sum(p.numel() for p in model.parameters()),
+            "packed_bytes": size, "file_bytes": NAN, "pct_fp32": 100.0,
+            "pct_teacher": 100.0 * size / (size if teacher else _teacher_bytes(pipe)),
+            "latency": latency(pipe, _torch_factory(model))}
+
+
+def measure_point(pipe, point: Point) -> dict[str, Any]:
+    if point.role == "teacher":
+        teacher = pipe.teacher()
+        from qbench.measure import torch_runner
+
+        scores = scores_of(torch_runner(teacher, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+        return _float_figures(pipe, teacher, scores, teacher=True)
+    if point.method == "fp32":
+        model, scores, metrics = _fp32_reference(pipe, point)
+        return {**_float_figures(pipe, model, scores, teacher=False), "delta_error_vs_fp32": 0.0,
+                "train": pipe.student(point.model, point.distill)[1]}
+    if point.method == "ptq":
+        qmodel = pipe.ptq(point.model, point.distill, point.weight_bits, point.act_bits)
+        return _quant_torch_figures(pipe, point, qmodel, with_latency=False)
+    return _QAT_BACKENDS[point.backend](pipe, point)
+
+
+def _size_figures(pipe, point: Point, qmodel) -> dict[str, Any]:
+    from qbench.quant.size import packed_size
+
+    fp32_model = pipe.student(point.model, point.distill)[0]
+    size = packed_size(qmodel, fp32_reference=fp32_model)
+    return {"params": sum(p.numel() for p in fp32_model.parameters()), "packed_bytes": size.total_bytes,
+            "size": size.to_dict(), "pct_fp32": 100.0 * size.ratio_to_fp32,
+            "pct_teacher": 100.0 * size.ratio_to(_teacher_bytes(pipe))}
+
+
+def _quant_torch_figures(pipe, point: Point, qmodel, *, with_latency: bool) -> dict[str, Any]:
+    _, _, fp32_metrics = _fp32_reference(pipe, point)
+    scores = _quant_scores(pipe, point, qmodel)
+    metrics = _error(pipe, scores)
+    out = {"metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
+           "file_bytes": NAN, **_size_figures(pipe, point, qmodel)}
+    out["latency"] = latency(pipe, _torch_factory(qmodel)) if with_latency else {}
+    return out
+
+
+def _quant_scores(pipe, point: Point, qmodel) -> np.ndarray:
+    from qbench.measure import torch_runner
+
+    key = ("quant-scores", point.model, point.method, point.distill.value, point.weight_bits, point.act_bits)
+    return pipe._once(key, lambda: scores_of(torch_runner(qmodel, threads=max(pipe.thread_counts())),
+                                             pipe.eval_split().x))
+
+
+@on_backend(SweepBackend.TORCH)
+def _qat_torch(pipe, point: Point) -> dict[str, Any]:
+    qmodel, meta = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
+    # The Brevitas model is the reference other backends agree with: no agreement of its own.
+    return {**_quant_torch_figures(pipe, point, qmodel, with_latency=True), "train": meta}
