@@ -1,4 +1,9 @@
-"""Quantization: configs, Brevitas QAT/PTQ, and packed-size accounting."""
+"""Quantization: configs, Brevitas QAT/PTQ, and packed-size accounting.
+
+Import the heavy parts from their modules (they load Brevitas):
+``from qbench.quant.quantize import quantize, calibrate`` and
+``from qbench.quant.size import packed_size, fp32_size``.
+"""
 
 from qbench.quant.config import Granularity, QuantConfig, Rounding, ScaleType
 

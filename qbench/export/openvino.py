@@ -1,0 +1,75 @@
+"""OpenVINO backend: QCDQ ONNX (tightest container OpenVINO reads, probed) saved as IR .xml/.bin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from qbench.export.base import Artifact, Backend, Precision, Run, files_size, register_exporter, register_runner
+from qbench.export.onnx_cnn import act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
+
+DEVICE = "CPU"
+
+
+def _config(threads: int, precision: Precision) -> dict[str, Any]:
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if Precision(precision) == Precision.F32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
+def _compile(path: Path, *, threads: int = 1, precision: Precision = Precision.F32):
+    import openvino as ov
+
+    return ov.Core().compile_model(str(path), DEVICE, _config(threads, precision))
+
+
+def default_precision() -> str:
+    """What the CPU plugin computes in when no precision hint is given (bf16 on CPUs that have it)."""
+    import openvino as ov
+
+    return str(ov.Core().get_property(DEVICE, "INFERENCE_PRECISION_HINT"))
+
+
+@register_exporter(Backend.OPENVINO)
+def export_openvino(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model") -> Artifact:
+    """QCDQ ONNX -> tightest weight container OpenVINO compiles -> IR (``.xml`` + ``.bin``, no fp16 compression)."""
+    import openvino as ov
+
+    onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
+    bits = max(weight_bits(qmodel), default=8)
+    x = np.ascontiguousarray(example, dtype=np.float32)
+
+    def check(path: Path) -> None:
+        packed, int8 = _compile(path), _compile(onnx_path)
+        check_same_outputs(lambda v: packed(v)[0], lambda v: int8(v)[0], x)
+
+    src, container, notes = try_packed(onnx_path, bits, check)
+    xml = out_dir / f"{name}.{container.value}.xml"
+    ov.save_model(ov.Core().read_model(str(src)), str(xml), compress_to_fp16=False)
+    files = (xml, xml.with_suffix(".bin"))
+    notes = notes + (f"IR converted from {src.name}; CPU default inference precision is {default_precision()}",)
+    return Artifact(
+        backend=Backend.OPENVINO, path=xml, files=files, size_bytes=files_size(files), precision=Precision.F32,
+        weight_container=container.value, weight_bits=bits, act_bits=act_bits(qmodel), notes=notes,
+    )
+
+
+def _variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
+    # OpenVINO has no switch to turn its graph transformations off; f32 is the checked form
+    return {"openvino_f32": {"precision": Precision.F32}}
+
+
+@register_runner(Backend.OPENVINO, conformance_variants=_variants)
+def openvino_runner(artifact: Artifact, *, threads: int, precision: Precision | None = None) -> Run:
+    compiled = _compile(artifact.path, threads=threads, precision=precision or artifact.precision)
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+    return run

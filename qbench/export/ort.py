@@ -1,0 +1,88 @@
+"""ONNX Runtime backend: QCDQ ONNX with the tightest weight container ORT runs (probed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from qbench.export.base import Artifact, Backend, Precision, Run, files_size, register_exporter, register_runner
+from qbench.export.onnx_cnn import INPUT_NAME, act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
+
+OPT_LEVELS = ("disable_all", "enable_all")
+
+
+def _session(path: Path, *, threads: int, opt_level: str = "enable_all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _runs_like(int8_path: Path, x: np.ndarray):
+    """A check that a packed graph loads and matches the int8 graph at every optimisation level."""
+
+    def check(path: Path) -> None:
+        for level in OPT_LEVELS:  # ORT's fusions reject some element types, or mis-handle them
+            run_packed, run_int8 = (_session(p, threads=1, opt_level=level) for p in (path, int8_path))
+            check_same_outputs(lambda v: run_packed.run(None, {INPUT_NAME: v})[0],
+                               lambda v: run_int8.run(None, {INPUT_NAME: v})[0], x)
+
+    return check
+
+
+def _kernels_after_fusion(path: Path) -> str:
+    """Which integer/contrib kernels ORT's ENABLE_ALL optimiser put in the graph, e.g. ``QLinearConv x5``."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3  # ORT warns that a saved ENABLE_ALL graph is machine-specific: we only read it
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node
+                      if n.domain not in ("", "ai.onnx") or "Integer" in n.op_type or n.op_type.startswith("QLinear"))
+    return ", ".join(f"{op} x{n}" for op, n in sorted(ops.items())) or "float kernels on dequantized weights"
+
+
+@register_exporter(Backend.ORT)
+def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model") -> Artifact:
+    """QCDQ ONNX; weights of <= 4 (<= 2) bits are repacked as INT4 (INT2) when ORT runs that form."""
+    onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
+    x = np.ascontiguousarray(example, dtype=np.float32)
+    path, container, notes = try_packed(onnx_path, max(weight_bits(qmodel), default=8), _runs_like(onnx_path, x))
+    notes = notes + (f"CPU execution provider; ENABLE_ALL runs {_kernels_after_fusion(path)}",)
+    return Artifact(
+        backend=Backend.ORT, path=path, files=(path,), size_bytes=files_size((path,)), precision=Precision.F32,
+        weight_container=container.value, weight_bits=max(weight_bits(qmodel), default=8),
+        act_bits=act_bits(qmodel), notes=notes,
+    )
+
+
+def _variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
+    return {f"ort_{level}": {"opt_level": level} for level in OPT_LEVELS}
+
+
+@register_runner(Backend.ORT, conformance_variants=_variants)
+def ort_runner(artifact: Artifact, *, threads: int, opt_level: str = "enable_all") -> Run:
+    sess = _session(artifact.path, threads=threads, opt_level=opt_level)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return run
+

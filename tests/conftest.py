@@ -1,0 +1,19 @@
+"""Shared test configuration: benchmark machine info carries qbench's provenance."""
+
+from __future__ import annotations
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """pytest-benchmark's machine_info, extended by library versions, ISA, cores and the commit."""
+    from qbench.provenance import git_commit, library_versions, machine_info as qbench_machine
+
+    import torch
+
+    info = qbench_machine()
+    machine_info["qbench"] = {
+        "versions": library_versions(),
+        "isa": info["isa"],
+        "usable_cores": info["usable_cores"],
+        "torch_threads": torch.get_num_threads(),
+        "git": git_commit(),
+    }
