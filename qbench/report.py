@@ -28,7 +28,7 @@ def _num(value: Any, fmt: str, scale: float = 1.0) -> str:
         return "failed"
     if isinstance(value, float) and math.isnan(value):
         return "–"
-    return format(value * scale, fmt)
+    return format(value * scale if scale != 1.0 else value, fmt)
 
 
 def _latency(rec: dict[str, Any], key: str) -> str:
@@ -77,22 +77,36 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
     return _md_table(header, rows)
 
 
+def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str) -> list[str]:
+    agreement = r.get("agreement") or {}
+    status = r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80]
+    return [
+        r.get("model", "?"), r.get("precision", "?"), r.get("distill", "?"), backend, status,
+        _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
+        _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
+        _num(agreement.get("top1", float("nan")), ".2f", 100),
+        *[_latency({"latency": r.get(latency_field)}, k) for k in keys],
+    ]
+
+
 def deployment_table(records: Sequence[dict[str, Any]]) -> str:
-    """Per backend: file size, agreement with the PyTorch model, latency median ± IQR."""
+    """Per backend: file size, agreement with the PyTorch model, latency median ± IQR.
+
+    OpenVINO gets a second row for latency at the runtime's default precision (its error and
+    agreement are measured at f32 only, so that row repeats them).
+    """
     keys = latency_keys(records)
     rows = []
     for r in records:
         if r.get("method") == "ptq":
             continue
-        agreement = r.get("agreement") or {}
-        rows.append([
-            r.get("model", "?"), r.get("precision", "?"), r.get("distill", "?"), r.get("backend", "?"),
-            r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80],
-            _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
-            _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
-            _num(agreement.get("top1", float("nan")), ".2f", 100),
-            *[_latency(r, k) for k in keys],
-        ])
+        backend = r.get("backend", "?")
+        label = f"{backend} (f32)" if r.get("latency_default_precision") else backend
+        rows.append(_deployment_row(r, keys, backend=label, latency_field="latency"))
+        if r.get("latency_default_precision"):
+            precision = (r.get("runtime_precision") or {}).get("latency_default_precision", "default")
+            rows.append(_deployment_row(r, keys, backend=f"{backend} ({precision}, default)",
+                                        latency_field="latency_default_precision"))
     header = ["model", "precision", "distill", "backend", "status", "file KiB", "error %",
               "top-1 agreement %", *[f"{k} ms" for k in keys]]
     return _md_table(header, rows)

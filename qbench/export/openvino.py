@@ -31,7 +31,8 @@ def default_precision() -> str:
     """What the CPU plugin computes in when no precision hint is given (bf16 on CPUs that have it)."""
     import openvino as ov
 
-    return str(ov.Core().get_property(DEVICE, "INFERENCE_PRECISION_HINT"))
+    hint = ov.Core().get_property(DEVICE, "INFERENCE_PRECISION_HINT")
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
 @register_exporter(Backend.OPENVINO)

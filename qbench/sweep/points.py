@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from qbench.errors import QbenchError
 from qbench.metrics import evaluate
 from qbench.sweep.config import SweepBackend
 from qbench.sweep.plan import Point
@@ -151,3 +152,68 @@ def _qat_torch(pipe, point: Point) -> dict[str, Any]:
     qmodel, meta = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
     # The Brevitas model is the reference other backends agree with: no agreement of its own.
     return {**_quant_torch_figures(pipe, point, qmodel, with_latency=True), "train": meta}
+
+
+class ConformanceFailed(QbenchError):
+    """An exported artifact does not compute what the Brevitas model computes; it is not timed."""
+
+
+CONFORMANCE_CLIPS = 256  # test clips each artifact is checked on before it is measured
+
+
+def _artifact(pipe, point: Point, backend):
+    """The exported artifact of this point's QAT model (exported once per run), checked for conformance."""
+    from qbench.export import check_conformance, export
+
+    def make():
+        qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
+        out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / backend.value
+        art = export(qmodel, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
+        conf = check_conformance(art, qmodel, pipe.eval_split().x[:CONFORMANCE_CLIPS],
+                                 threads=max(pipe.thread_counts()))
+        if not conf.ok:
+            raise ConformanceFailed(f"conformance failed: {conf.reason}")
+        return art, conf
+
+    key = ("artifact", backend.value, point.model, point.distill.value, point.weight_bits, point.act_bits)
+    return pipe._once(key, make)
+
+
+def _exported_figures(pipe, point: Point, backend, **run_options) -> dict[str, Any]:
+    from qbench.export import runner
+
+    qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
+    art, conf = _artifact(pipe, point, backend)
+    _, _, fp32_metrics = _fp32_reference(pipe, point)
+    scores = scores_of(runner(art, threads=max(pipe.thread_counts()), **run_options), pipe.eval_split().x)
+    metrics = _error(pipe, scores)
+    return {
+        "metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
+        **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
+        "agreement": agreement(scores, _quant_scores(pipe, point, qmodel)),
+        "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
+                     "files": [p.name for p in art.files]},
+        "conformance": conf.to_dict(),
+        "latency": latency(pipe, lambda threads: runner(art, threads=threads, **run_options)),
+    }
+
+
+@on_backend(SweepBackend.ONNXRUNTIME)
+def _qat_onnxruntime(pipe, point: Point) -> dict[str, Any]:
+    from qbench.export import Backend
+
+    return _exported_figures(pipe, point, Backend.ORT)
+
+
+@on_backend(SweepBackend.OPENVINO)
+def _qat_openvino(pipe, point: Point) -> dict[str, Any]:
+    """Error at the f32 precision hint; latency at f32 and at the runtime's default precision."""
+    from qbench.export import Backend, Precision, runner
+    from qbench.export.openvino import default_precision
+
+    out = _exported_figures(pipe, point, Backend.OPENVINO, precision=Precision.F32)
+    art, _ = _artifact(pipe, point, Backend.OPENVINO)
+    out["latency_default_precision"] = latency(
+        pipe, lambda threads: runner(art, threads=threads, precision=Precision.DEFAULT))
+    out["runtime_precision"] = {"errors_and_latency": "f32", "latency_default_precision": default_precision()}
+    return out
