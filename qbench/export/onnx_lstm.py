@@ -95,7 +95,7 @@ def _columns(specs, hidden: int) -> np.ndarray:
     return np.concatenate([np.broadcast_to(np.asarray(s.scale, np.float32), (hidden,)) for s in specs])
 
 
-def _student_parts(qmodel: nn.Module):
+def lstm_student_parts(qmodel: nn.Module):
     """(frame_pool, input_norm, lstm, pooling, head) of an ``models.LSTMStudent``-shaped model."""
     from brevitas.nn import QuantLinear, QuantLSTM
 
@@ -185,7 +185,7 @@ def export_lstm_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path
 
     from kernels import extract_lstm
 
-    frame_pool, norm, lstm, pooling, head = _student_parts(qmodel)
+    frame_pool, norm, lstm, pooling, head = lstm_student_parts(qmodel)
     qmodel.eval()
     model = extract_lstm(lstm, head)
     frames, feats = int(example.shape[1]), int(example.shape[2])

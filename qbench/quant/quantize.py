@@ -257,16 +257,7 @@ def _global_mean(pool: nn.Module, qcfg: QuantConfig, ctx: SwapContext) -> nn.Mod
 def _quant_lstm(lstm: nn.LSTM, qcfg: QuantConfig, ctx: SwapContext) -> nn.Module:
     from qbench.quant.lstm import quant_lstm_from
 
-    qlstm = quant_lstm_from(lstm, qcfg)
-    qlstm.register_load_state_dict_post_hook(_ignore_fast_cell_keys)
-    return qlstm
-
-
-def _ignore_fast_cell_keys(module: nn.Module, incompatible_keys: Any) -> None:
-    """Brevitas 0.13's QuantLSTM drops its lazily built ``_fast_cell`` from ``state_dict()`` but,
-    once that cell exists (after an eval forward), demands its keys back in ``load_state_dict``;
-    they alias the layer's own quantizer parameters, which are loaded, so they are not missing."""
-    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if "._fast_cell." not in k]
+    return quant_lstm_from(lstm, qcfg)
 
 
 # --- PTQ calibration -----------------------------------------------------------------------

@@ -43,13 +43,13 @@ def scores_of(run: Run, x: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(run(x[i:i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)])
 
 
-def latency(pipe, factory: RunnerFactory) -> dict[str, dict[str, float]]:
-    """Latency at batch 1 and the sweep's batch, for each thread count."""
+def latency(pipe, factory: RunnerFactory, *, threads: tuple[int, ...] | None = None) -> dict[str, dict[str, float]]:
+    """Latency at batch 1 and the sweep's batch, for each thread count (default: the sweep's)."""
     from qbench.measure import measure_latency
 
     out = {}
     inputs = pipe.latency_inputs()
-    for threads in pipe.thread_counts():
+    for threads in threads or pipe.thread_counts():
         run = factory(threads)
         for batch, x in inputs.items():
             stats = measure_latency(run, x, threads=threads, repeats=pipe.cfg.latency_repeats)
@@ -217,3 +217,31 @@ def _qat_openvino(pipe, point: Point) -> dict[str, Any]:
         pipe, lambda threads: runner(art, threads=threads, precision=Precision.DEFAULT))
     out["runtime_precision"] = {"errors_and_latency": "f32", "latency_default_precision": default_precision()}
     return out
+
+
+AGREEMENT_CLIPS = 64  # test clips whose hidden codes are compared step by step with Brevitas
+
+
+@on_backend(SweepBackend.ENGINE)
+def _qat_engine(pipe, point: Point) -> dict[str, Any]:
+    """The Numba integer engine: error, code-level agreement with Brevitas, stored size, latency."""
+    import kernels
+    from qbench.engine import ENGINE_THREADS, StudentEngine
+
+    qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
+    engine = StudentEngine(qmodel)
+    x = pipe.eval_split().x
+    scores = scores_of(engine, x)
+    metrics = _error(pipe, scores)
+    _, _, fp32_metrics = _fp32_reference(pipe, point)
+    out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / "engine"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernels.save_model(engine.model, out_dir / "model.npz")
+    codes = kernels.agreement(engine.model, qmodel.lstm, engine.features(x[:AGREEMENT_CLIPS]), head=qmodel.fc)
+    return {
+        "metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
+        **_size_figures(pipe, point, qmodel), "engine_packed_bytes": engine.model.packed_nbytes,
+        "file_bytes": (out_dir / "model.npz").stat().st_size,
+        "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **codes},
+        "latency": latency(pipe, lambda threads: engine, threads=(ENGINE_THREADS,)),
+    }
