@@ -1,0 +1,104 @@
+"""Model registry, shapes, and the module vocabulary the quantizer relies on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import models
+from models import build_student, build_teacher, list_students, list_teachers, model_size
+from qbench.errors import ConfigError, QbenchError
+
+N_MELS, N_FRAMES, N_CLASSES, BATCH = 40, 101, 7, 3
+
+# What qbench.quant can swap or leave alone (ARCHITECTURE.md, models section).
+ALLOWED_STUDENT_MODULES = (
+    nn.LSTM, nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
+)
+
+
+def _student(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_student(name, n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES).eval()
+
+
+def test_registries_hold_the_paper_models() -> None:
+    assert set(list_students()) == {"lstm", "dscnn", "crnn"}
+    assert set(list_teachers()) == {"transformer", "resnet"}
+
+
+@pytest.mark.parametrize("name", ["lstm", "dscnn", "crnn"])
+def test_student_shapes_and_split_forward(name: str) -> None:
+    model = _student(name)
+    x = torch.randn(BATCH, N_FRAMES, N_MELS)
+    feats = model.temporal_features(x)
+    assert feats.ndim == 3 and feats.shape[0] == BATCH and 1 < feats.shape[1] <= N_FRAMES
+    logits = model(x)
+    assert logits.shape == (BATCH, N_CLASSES)
+    torch.testing.assert_close(logits, model.classify(feats), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lstm", "dscnn", "crnn"])
+def test_students_use_only_quantizable_modules(name: str) -> None:
+    model = _student(name)
+    relus = []
+    for sub in model.modules():
+        if not list(sub.children()):  # leaves carry the computation
+            assert isinstance(sub, ALLOWED_STUDENT_MODULES), f"{name} uses {type(sub).__name__}"
+        if isinstance(sub, nn.LSTM):
+            assert sub.batch_first
+        if isinstance(sub, nn.ReLU):
+            relus.append(id(sub))
+    assert len(relus) == len(set(relus)), "a ReLU instance is reused"
+
+
+@pytest.mark.parametrize("hidden,layers,pooling,stride", [(32, 1, "last", 1), (256, 2, "mean", 4)])
+def test_lstm_options(hidden: int, layers: int, pooling: str, stride: int) -> None:
+    model = build_student("lstm", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES, hidden=hidden,
+                          layers=layers, pooling=pooling, frame_stride=stride).eval()
+    x = torch.randn(BATCH, N_FRAMES, N_MELS)
+    assert model.temporal_features(x).shape == (BATCH, N_FRAMES // stride, hidden)
+    assert model(x).shape == (BATCH, N_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["transformer", "resnet"])
+def test_teacher_shapes(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_teacher(name, n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES).eval()
+    assert model(torch.randn(BATCH, N_FRAMES, N_MELS)).shape == (BATCH, N_CLASSES)
+
+
+def test_transformer_keeps_row_stochastic_attention_per_layer() -> None:
+    model = build_teacher("transformer", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES, depth=2,
+                          heads=2, patch=4).eval()
+    model(torch.randn(BATCH, N_FRAMES, N_MELS))
+    tokens = 1 + N_FRAMES // 4
+    assert len(model.attentions) == 2
+    for att in model.attentions:
+        assert att.shape == (BATCH, 2, tokens, tokens)
+        torch.testing.assert_close(att.sum(-1), torch.ones(BATCH, 2, tokens))
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(ConfigError, match="unknown student 'gru'.*crnn, dscnn, lstm"):
+        build_student("gru", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES)
+    with pytest.raises(QbenchError, match="known teachers: resnet, transformer"):
+        build_teacher("vit", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES)
+
+
+def test_bad_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="student 'lstm': bad options"):
+        build_student("lstm", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES, width=3)
+
+
+def test_model_size_counts_parameters() -> None:
+    model = nn.Linear(10, 3)  # 30 weights + 3 biases
+    assert model_size(model) == {"params": 33, "fp32_bytes": 132}
+    assert model_size(_student("dscnn"))["params"] < 40_000
+
+
+def test_registering_a_name_twice_fails() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register_student("lstm")(lambda **kw: nn.Identity())
