@@ -24,6 +24,9 @@ Clock = Callable[[], float]  # seconds, monotonic
 DEFAULT_WARMUP = 5
 DEFAULT_REPEATS = 30
 DEFAULT_MIN_TIME = 0.2  # seconds of timed runs at least, so a fast model is not judged on 30 samples
+DEFAULT_MAX_TIME = 5.0  # seconds of timed runs at most once MIN_SAMPLES are in: a slow runner (Brevitas'
+# step-by-step QuantLSTM, a second a call) is not run 30 times
+MIN_SAMPLES = 5  # never fewer timed calls than this: a median and quartiles need a few
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +72,13 @@ def measure_latency(
     warmup: int = DEFAULT_WARMUP,
     repeats: int = DEFAULT_REPEATS,
     min_time: float = DEFAULT_MIN_TIME,
+    max_time: float | None = DEFAULT_MAX_TIME,
     max_repeats: int = 10_000,
     clock: Clock = time.perf_counter,
 ) -> LatencyStats:
     """Time ``run(x)`` per call: ``warmup`` untimed calls, then at least ``repeats`` timed calls
-    and at least ``min_time`` seconds of them (capped at ``max_repeats``).
+    and at least ``min_time`` seconds of them (capped at ``max_repeats``, and at ``max_time``
+    seconds once :data:`MIN_SAMPLES` calls are timed; ``n`` in the result says how many were).
 
     ``x`` is the ``(B, T, F)`` input; ``threads`` must be the count the runner was built with
     (it is recorded, not set, here: each runtime pins its own pool when the runner is made).
@@ -86,7 +91,15 @@ def measure_latency(
         run(x)
     samples: list[float] = []
     spent = 0.0
-    while len(samples) < max_repeats and (len(samples) < repeats or spent < min_time):
+
+    def enough() -> bool:
+        if len(samples) >= max_repeats:
+            return True
+        if max_time is not None and spent >= max_time and len(samples) >= MIN_SAMPLES:
+            return True
+        return len(samples) >= repeats and spent >= min_time
+
+    while not enough():
         t0 = clock()
         run(x)
         dt = clock() - t0

@@ -95,4 +95,6 @@ def test_sweep_config_rejects_bad_choices():
     with pytest.raises(ConfigError, match="must include torch"):
         SweepConfig(backends=("onnxruntime",))
     with pytest.raises(ConfigError, match="temporal KD needs the transformer"):
-        SweepConfig(teacher="resnet", distill=("tkd",))
+        SweepConfig(teacher="resnet", distill=("tkd",), qat_distill=("tkd",))
+    with pytest.raises(ConfigError, match="qat_distill: kd must also be in distill"):
+        SweepConfig(distill=("none",))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qbench.errors import ConfigError
-from qbench.measure import LatencyStats, measure_latency, torch_runner
+from qbench.measure import MIN_SAMPLES, LatencyStats, measure_latency, torch_runner
 
 EXACT = 1e-9  # stats of exact binary fractions are exact up to float rounding
 
@@ -76,3 +76,15 @@ def test_torch_runner_returns_logits() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
     out = torch_runner(model, threads=1)(np.ones((2, 3, 2), np.float32))
     assert out.shape == (2, 3)
+
+
+def test_max_time_caps_a_slow_runner_but_keeps_min_samples() -> None:
+    # a 1 s call: 30 repeats would take 30 s; the cap stops after MIN_SAMPLES once 5 s are spent
+    clock = FakeClock([1.0] * 100)
+    s = measure_latency(clock.run, np.zeros((1, 2, 2), np.float32), threads=1, warmup=0, repeats=30,
+                        min_time=0.0, max_time=2.5, clock=clock)
+    assert s.n == MIN_SAMPLES and s.median_ms == pytest.approx(1000.0)
+    fast = FakeClock([0.001] * 100)
+    s = measure_latency(fast.run, np.zeros((1, 2, 2), np.float32), threads=1, warmup=0, repeats=30,
+                        min_time=0.0, max_time=2.5, clock=fast)
+    assert s.n == 30  # a fast runner is not cut short

@@ -38,6 +38,22 @@ def test_bad_arguments_exit_2_with_one_line_before_any_work(argv, message, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_qat_follows_the_distilled_modes_unless_told(monkeypatch):
+    import argparse
+
+    from qbench.commands import sweep as sweep_command
+    from qbench.sweep.options import config_from_args
+
+    parser = argparse.ArgumentParser()
+    sweep_command.add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).qat_distill == ("kd",)
+    assert config_from_args(parser.parse_args(["--distill", "none,tkd"])).qat_distill == ("tkd",)
+    assert config_from_args(parser.parse_args(["--distill", "none"])).qat_distill == ("none",)
+    cfg = config_from_args(parser.parse_args(["--distill", "none,kd", "--qat-distill", "none,kd"]))
+    qat = {p.distill.value for p in plan_points(cfg) if p.method == "qat"}
+    assert qat == {"none", "kd"}
+
+
 def test_unreadable_data_path_is_one_line(tmp_path, capsys):
     f = tmp_path / "file.txt"
     f.write_text("x")

@@ -39,13 +39,17 @@ def _default_student_train() -> TrainConfig:
 
 
 def _default_qat_train() -> TrainConfig:
-    return TrainConfig(epochs=3, patience=2, lr=5e-4)
+    # QAT fine-tunes a calibrated PTQ model: a bounded number of steps at a low rate. Brevitas'
+    # QuantLSTM runs its cell step by step in Python, seconds per batch on 2 cores.
+    return TrainConfig(epochs=1, patience=1, lr=5e-4, max_train_batches=12)
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig(Config):
     """A grid of points: model x (weight bits, act bits) x distillation x backend.
 
+    fp32 students are trained once per mode in ``distill``; PTQ and QAT run from the students of
+    the modes in ``qat_distill`` (a subset), QAT distilled the same way (quantized distillation).
     ``bits`` holds (weight_bits, act_bits) pairs. ``quant`` supplies everything else a
     :class:`QuantConfig` needs (granularity, scale type, rounding, cell bits); ``distill_params``
     supplies temperature, alpha and lambda for every distillation mode in ``distill``.
@@ -55,6 +59,7 @@ class SweepConfig(Config):
     models: tuple[str, ...] = ("lstm", "dscnn")
     teacher: str = "transformer"
     distill: tuple[DistillMode, ...] = (DistillMode.NONE, DistillMode.KD)
+    qat_distill: tuple[DistillMode, ...] = (DistillMode.KD,)
     bits: tuple[tuple[int, int], ...] = ((2, 2), (4, 4), (8, 8))
     backends: tuple[SweepBackend, ...] = DEFAULT_BACKENDS
     threads: tuple[int, ...] = (1, ALL_CORES)
@@ -74,9 +79,15 @@ class SweepConfig(Config):
         if not self.models:
             raise ConfigError(f"{owner}.models must name at least one student")
         object.__setattr__(self, "distill", tuple(_coerce(owner, "distill", d, DistillMode) for d in self.distill))
+        object.__setattr__(self, "qat_distill",
+                           tuple(_coerce(owner, "qat_distill", d, DistillMode) for d in self.qat_distill))
         object.__setattr__(self, "backends", tuple(_coerce(owner, "backends", b, SweepBackend) for b in self.backends))
         if not self.distill or not self.backends or not self.bits or not self.threads:
             raise ConfigError(f"{owner}: distill, backends, bits and threads must each name at least one value")
+        missing = [d.value for d in self.qat_distill if d not in self.distill]
+        if missing:
+            raise ConfigError(f"{owner}.qat_distill: {', '.join(missing)} must also be in distill "
+                              f"(QAT starts from the fp32 student distilled the same way)")
         if SweepBackend.TORCH not in self.backends:
             raise ConfigError(f"{owner}.backends must include torch: every other backend is checked against it")
         for w, a in self.bits:

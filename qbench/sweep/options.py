@@ -67,11 +67,12 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     )
     if pairs is not None:
         fields["bits"] = pairs
-    for option, name in (("models", "models"), ("distill", "distill"), ("backends", "backends")):
+    for option, name in (("models", "models"), ("distill", "distill"), ("qat_distill", "qat_distill"),
+                         ("backends", "backends")):
         value = getattr(args, option)
         if value is not None:
             if not _csv(value):
-                raise ConfigError(f"--{option}: expected a comma-separated list, got {value!r}")
+                raise ConfigError(f"--{option.replace('_', '-')}: expected a comma-separated list, got {value!r}")
             fields[name] = _csv(value)
     if args.teacher is not None:
         fields["teacher"] = args.teacher
@@ -82,6 +83,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
             fields[name] = getattr(args, name)
     if args.no_ptq:
         fields["ptq"] = False
+    if args.qat_distill is None and "distill" in fields:
+        # QAT follows the user's modes: the distilled ones when any, else the ones given
+        modes = [m for m in fields["distill"] if m != "none"] or list(fields["distill"])
+        fields["qat_distill"] = tuple(modes)
     base = SweepConfig(**fields)
     quant = {k: getattr(args, k) for k in ("scale_type", "granularity") if getattr(args, k) is not None}
     if quant:

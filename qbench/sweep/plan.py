@@ -50,11 +50,14 @@ def quant_backends(cfg: SweepConfig, model: str) -> list[SweepBackend]:
 
 
 def plan_points(cfg: SweepConfig) -> list[Point]:
-    """Teacher first, then per student: fp32, PTQ and QAT points, each QAT model on every backend."""
+    """Teacher first, then per student and distillation mode: the fp32 point, then (for the modes
+    in ``qat_distill``) PTQ and QAT points, each QAT model on every backend."""
     points = [Point("teacher", cfg.teacher, "fp32", DistillMode.NONE, SweepBackend.TORCH)]
     for model in cfg.models:
         for mode in cfg.distill:
             points.append(Point("student", model, "fp32", mode, SweepBackend.TORCH))
+            if mode not in cfg.qat_distill:
+                continue
             for w, a in cfg.bits:
                 if cfg.ptq:
                     points.append(Point("student", model, "ptq", mode, SweepBackend.TORCH, w, a))
