@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("measurement")
     m.add_argument("--threads", help="thread counts to time, comma-separated; 0 = all cores (default: 1,0)")
     m.add_argument("--batch", type=int, help="the larger batch size timed beside batch 1 (default 32)")
+    m.add_argument("--no-latency", action="store_true", help="measure error and size only (latency NaN)")
     m.add_argument("--seed", type=int, help="seed for data, initial weights and batch order (default 0)")
     r = p.add_argument_group("run")
     r.add_argument("--quick", action="store_true", help="a tiny smoke run: little data, one short epoch each")

@@ -83,6 +83,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
             fields[name] = getattr(args, name)
     if args.no_ptq:
         fields["ptq"] = False
+    if args.no_latency:
+        fields["latency"] = False
     if args.qat_distill is None and "distill" in fields:
         # QAT follows the user's modes: the distilled ones when any, else the ones given
         modes = [m for m in fields["distill"] if m != "none"] or list(fields["distill"])

@@ -21,6 +21,9 @@ from qbench.model_cache import cache_key, default_cache_dir, load_or_fit
 from qbench.sweep.config import SweepConfig
 
 
+CALIBRATION_BATCHES = 8  # of 64 training clips: PTQ statistics, and QAT's starting scales
+
+
 class StageFailed(QbenchError):
     """A shared stage failed earlier in this run; its reason is repeated, not retried."""
 
@@ -108,19 +111,17 @@ class Pipeline:
 
         def make():
             qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(w, a))
-            calibrate(qmodel, self.dataset().train)
+            calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
             return qmodel.eval()
 
         return self._once(("ptq", model, mode.value, w, a), make)
 
     def qat(self, model: str, mode: DistillMode, w: int, a: int) -> tuple[nn.Module, dict[str, Any]]:
-        """QAT from the calibrated student, with the same distillation as the student (cached)."""
-        from qbench.quant.quantize import calibrate, quantize
+        """QAT from the PTQ model (its calibrated scales), distilled as the student was (cached)."""
+        import copy
 
         def build() -> nn.Module:
-            qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(w, a))
-            calibrate(qmodel, self.dataset().train)  # QAT starts from PTQ scales, not defaults
-            return qmodel
+            return copy.deepcopy(self.ptq(model, mode, w, a))
 
         def make():
             desc = {**self._student_description(model, mode), "stage": "qat",

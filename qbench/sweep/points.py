@@ -48,6 +48,8 @@ def latency(pipe, factory: RunnerFactory, *, threads: tuple[int, ...] | None = N
     from qbench.measure import measure_latency
 
     out = {}
+    if not pipe.cfg.latency:
+        return out  # not measured: the tables show NaN
     inputs = pipe.latency_inputs()
     for threads in threads or pipe.thread_counts():
         run = factory(threads)
