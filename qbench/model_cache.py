@@ -23,11 +23,6 @@ from torch import nn
 MODEL_CACHE_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    """``$QBENCH_CACHE`` or ``~/.cache/qbench``."""
-    return Path(os.environ.get("QBENCH_CACHE") or Path.home() / ".cache" / "qbench")
-
-
 def cache_key(description: dict[str, Any]) -> str:
     """A stable 16-hex-digit key of a JSON-able description."""
     canon = json.dumps({"v": MODEL_CACHE_VERSION, **description}, sort_keys=True, separators=(",", ":"), default=str)

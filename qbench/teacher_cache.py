@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import models
 from qbench import train as _train  # looked up at call time, so tests can stand in for train()
 from qbench.data.config import default_cache_dir
 from qbench.data.types import FeatureDataset
+from qbench.model_cache import atomic_torch_save
 from qbench.train import TrainConfig
 
 # Bump when a teacher's behaviour changes without changing its parameter shapes (those are
@@ -48,19 +47,6 @@ def teacher_path(name: str, dataset: FeatureDataset, model: nn.Module, *, config
     return root / "teachers" / f"teacher-{name}-{teacher_key(name, options or {}, config, dataset, model)}.pt"
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_teacher(name: str, dataset: FeatureDataset, *, config: TrainConfig, cache_dir: Path | str | None = None,
                   progress: bool = True, options: dict[str, Any] | None = None) -> nn.Module:
     """A trained teacher in eval mode: loaded from the cache, or trained (seeded by ``config.seed``) and cached."""
@@ -75,6 +61,6 @@ def train_teacher(name: str, dataset: FeatureDataset, *, config: TrainConfig, ca
         teacher.load_state_dict(entry["state_dict"])
         return teacher.eval()
     result = _train.train(teacher, dataset, config=config, progress=progress)
-    _atomic_save({"state_dict": result.model.state_dict(), "best_epoch": result.best_epoch,
+    atomic_torch_save({"state_dict": result.model.state_dict(), "best_epoch": result.best_epoch,
                   "val": result.best_val, "test": result.test, "seconds": result.seconds}, path)
     return result.model.eval()

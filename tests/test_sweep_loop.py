@@ -52,6 +52,9 @@ def test_qat_follows_the_distilled_modes_unless_told(monkeypatch):
     cfg = config_from_args(parser.parse_args(["--distill", "none,kd", "--qat-distill", "none,kd"]))
     qat = {p.distill.value for p in plan_points(cfg) if p.method == "qat"}
     assert qat == {"none", "kd"}
+    fp32_only = config_from_args(parser.parse_args(["--distill", "none,kd,tkd,kd+tkd", "--no-quant"]))
+    assert {p.method for p in plan_points(fp32_only)} == {"fp32"}
+    assert len(plan_points(fp32_only)) == 1 + 4 * len(fp32_only.models)
 
 
 def test_unreadable_data_path_is_one_line(tmp_path, capsys):

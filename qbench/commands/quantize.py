@@ -36,26 +36,14 @@ def _row(name: str, size_bytes: int, ratio: float, val: dict, test: dict) -> str
 def run(args: argparse.Namespace) -> int:
     import time
 
-    import torch
-
-    import models
-    from qbench.commands.train import _configs
-    from qbench.data import build_dataset
+    from qbench.commands.train import prepare
     from qbench.quant.quantize import calibrate, quantize
     from qbench.quant.size import fp32_size, packed_size
-    from qbench.teacher_cache import train_teacher
     from qbench.train import evaluate_model, train
 
     qcfg = quant_config(args)
-    data_cfg, teacher_cfg, student_cfg, distill = _configs(args)
+    dataset, student, teacher, (_, _, student_cfg, distill) = prepare(args)
     progress = not args.no_progress
-    dataset = build_dataset(data_cfg, cache_dir=args.cache, progress=progress)
-    shape = {"n_mels": dataset.n_mels, "n_frames": dataset.n_frames, "n_classes": dataset.n_classes}
-    torch.manual_seed(args.seed)
-    student = models.build_student(args.model, **shape)
-    teacher = None
-    if distill.mode.uses_outputs or distill.mode.uses_attention:
-        teacher = train_teacher(args.teacher, dataset, config=teacher_cfg, cache_dir=args.cache, progress=progress)
     fp32 = train(student, dataset, config=student_cfg, teacher=teacher, distill=distill, progress=progress).model
     ml = dataset.multilabel
     ref_bytes = fp32_size(fp32)

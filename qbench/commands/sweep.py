@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-type", choices=("float", "po2"), help="quantizer scales: float (default) or power-of-two")
     g.add_argument("--granularity", choices=("per_tensor", "per_channel"), help="weight scales (default per_tensor)")
     g.add_argument("--backends", help="comma-separated: torch,engine,onnxruntime,openvino (default: all)")
+    g.add_argument("--no-quant", action="store_true", help="fp32 students only (a distillation comparison)")
     g.add_argument("--no-ptq", action="store_true", help="skip the post-training-quantization baseline points")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=SYNTHETIC, help="built-in generated data (default: keywords)")

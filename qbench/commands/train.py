@@ -63,18 +63,20 @@ def _row(name: str, model, result_val: dict, result_test: dict, seconds: float) 
             f"{result_val['error']:>11.4f}{result_test['error']:>11.4f}{seconds:>9.1f}")
 
 
-def run(args: argparse.Namespace) -> int:
-    import time
+def prepare(args: argparse.Namespace):
+    """The dataset, a fresh seeded student and (when distilling) the cached teacher the options name.
 
+    Returns ``(dataset, student, teacher | None, (data_cfg, teacher_cfg, student_cfg, distill))``;
+    ``quantize`` and ``export`` start from the same place.
+    """
     import torch
 
     import models
     from qbench.data import build_dataset
     from qbench.errors import QbenchError
     from qbench.teacher_cache import train_teacher
-    from qbench.train import evaluate_model, train
 
-    data_cfg, teacher_cfg, student_cfg, distill = _configs(args)
+    configs = data_cfg, teacher_cfg, _, distill = _configs(args)
     progress = not args.no_progress
     dataset = build_dataset(data_cfg, cache_dir=args.cache, progress=progress)
     shape = {"n_mels": dataset.n_mels, "n_frames": dataset.n_frames, "n_classes": dataset.n_classes}
@@ -82,13 +84,24 @@ def run(args: argparse.Namespace) -> int:
     student = models.build_student(args.model, **shape)  # unknown names fail before any teacher training
     if distill.mode.uses_attention and not hasattr(models.build_teacher(args.teacher, **shape), "attentions"):
         raise QbenchError(f"--distill {distill.mode.value} needs an attention teacher (transformer), not {args.teacher!r}")
-    print(f"{'model':<24}{'params':>10}{'fp32 KiB':>11}{'val err':>11}{'test err':>11}{'seconds':>9}")
     teacher = None
     if distill.mode.uses_outputs or distill.mode.uses_attention:
-        start = time.perf_counter()
         teacher = train_teacher(args.teacher, dataset, config=teacher_cfg, cache_dir=args.cache, progress=progress)
+    return dataset, student, teacher, configs
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from qbench.train import evaluate_model, train
+
+    start = time.perf_counter()
+    dataset, student, teacher, (_, _, student_cfg, distill) = prepare(args)
+    print(f"{'model':<24}{'params':>10}{'fp32 KiB':>11}{'val err':>11}{'test err':>11}{'seconds':>9}")
+    if teacher is not None:
         val, test = (evaluate_model(teacher, s, multilabel=dataset.multilabel) for s in (dataset.val, dataset.test))
         print(_row(f"teacher {args.teacher}", teacher, val, test, time.perf_counter() - start))
-    result = train(student, dataset, config=student_cfg, teacher=teacher, distill=distill, progress=progress)
+    result = train(student, dataset, config=student_cfg, teacher=teacher, distill=distill,
+                   progress=not args.no_progress)
     print(_row(f"{args.model} ({distill.mode.value})", result.model, result.best_val, result.test, result.seconds))
     return 0

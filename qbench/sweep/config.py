@@ -51,7 +51,8 @@ class SweepConfig(Config):
     """A grid of points: model x (weight bits, act bits) x distillation x backend.
 
     fp32 students are trained once per mode in ``distill``; PTQ and QAT run from the students of
-    the modes in ``qat_distill`` (a subset), QAT distilled the same way (quantized distillation).
+    the modes in ``qat_distill`` (a subset, empty for an fp32-only grid), QAT distilled the same
+    way (quantized distillation).
     ``bits`` holds (weight_bits, act_bits) pairs. ``quant`` supplies everything else a
     :class:`QuantConfig` needs (granularity, scale type, rounding, cell bits); ``distill_params``
     supplies temperature, alpha and lambda for every distillation mode in ``distill``.

@@ -85,7 +85,11 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         fields["ptq"] = False
     if args.no_latency:
         fields["latency"] = False
-    if args.qat_distill is None and "distill" in fields:
+    if args.no_quant:
+        if args.qat_distill is not None:
+            raise ConfigError("--no-quant trains fp32 students only: drop --qat-distill")
+        fields["qat_distill"] = ()
+    elif args.qat_distill is None and "distill" in fields:
         # QAT follows the user's modes: the distilled ones when any, else the ones given
         modes = [m for m in fields["distill"] if m != "none"] or list(fields["distill"])
         fields["qat_distill"] = tuple(modes)

@@ -17,7 +17,8 @@ from torch import nn
 
 from qbench.distill import DistillMode
 from qbench.errors import QbenchError
-from qbench.model_cache import cache_key, default_cache_dir, load_or_fit
+from qbench.data.config import default_cache_dir
+from qbench.model_cache import cache_key, load_or_fit
 from qbench.sweep.config import SweepConfig
 
 
