@@ -118,3 +118,33 @@ def test_per_channel_int4_export_conforms(backend: Backend, tmp_path: Path) -> N
     assert artifact.weight_container == WeightContainer.INT4
     result = check_conformance(artifact, q, x.numpy())
     assert result.ok, result.reason
+
+
+def test_artifact_is_timed_under_its_fastest_conforming_variant(calibrated, tmp_path: Path, monkeypatch) -> None:
+    """Policy, with stand-in runners: a fused variant that moves most outputs by many steps fails,
+    the next one that conforms is chosen, and the failure stays in the report."""
+    import qbench.export.conformance as conformance
+    from qbench.export.conformance import reference_and_step
+
+    q, x = calibrated[8]
+    ref, step = reference_and_step(q, x)
+    offsets = {"fused": 5 * step, "tie_flips": 0.0, "exact": 0.0}  # per variant: added to every logit
+
+    def fake_runner(artifact, *, threads, variant):
+        def run(v):
+            out = ref.copy()
+            out += offsets[variant]
+            if variant == "tie_flips":  # a few outliers as compounded tie flips: within bounds
+                out[0, 0] += 6 * step
+            return out
+        return run
+
+    monkeypatch.setattr(conformance, "conformance_variants", lambda a: {k: {"variant": k} for k in offsets})
+    monkeypatch.setattr(conformance, "runner", fake_runner)
+    result = check_conformance(artifact=None, qmodel=q, x=x)
+    assert result.ok and result.best == "tie_flips" and result.best_options == {"variant": "tie_flips"}
+    float32_rel = 1e-4  # the offsets are added to float32 logits
+    assert "fused" in result.reason and result.p99_steps["fused"] == pytest.approx(5.0, rel=float32_rel)
+    offsets["tie_flips"] = offsets["exact"] = 3 * step  # every variant off by 3 steps: nothing conforms
+    result = check_conformance(artifact=None, qmodel=q, x=x)
+    assert not result.ok and result.best is None and result.best_options == {}

@@ -66,19 +66,22 @@ def run(args: argparse.Namespace) -> int:
     for backend in map(Backend, args.backends):
         artifact = export(qmodel, backend, out_dir=args.out / name / backend.value, example=x_conf[:2], name=name)
         conf = check_conformance(artifact, qmodel, x_conf, threads=args.threads)
-        status = f"ok {max(conf.max_steps.values(), default=0):.2f}st" if conf.ok else "FAILED"
+        status = f"ok {conf.max_steps[conf.best]:.2f}st" if conf.ok else "FAILED"
         precisions = (Precision.F32, Precision.DEFAULT) if backend == Backend.OPENVINO else (Precision.F32,)
         for precision in precisions:
             label = f"{backend.value} ({precision.value})"
             if not conf.ok:  # a failed artifact is never timed
                 print(f"{label:<34}{artifact.size_bytes / 1024:>10.1f}{artifact.weight_container:>9}{status:>13}")
                 continue
-            run_fn = runner(artifact.with_precision(precision), threads=args.threads)
+            options = {**conf.best_options, "precision": precision} if backend == Backend.OPENVINO else conf.best_options
+            run_fn = runner(artifact, threads=args.threads, **options)
             stats = measure_latency(run_fn, x_lat, **timing)
             print(f"{label:<34}{artifact.size_bytes / 1024:>10.1f}{artifact.weight_container:>9}{status:>13}"
                   f"{stats.median_ms:>11.3f}{stats.iqr_ms:>9.3f}")
         for note in artifact.notes:
             print(f"  {backend.value}: {note}")
-        if not conf.ok:
-            print(f"  {backend.value}: conformance failed: {conf.reason}")
+        if conf.ok:
+            print(f"  {backend.value}: timed as {conf.best}")
+        if conf.reason:
+            print(f"  {backend.value}: {'conformance failed' if not conf.ok else 'non-conforming variants'}: {conf.reason}")
     return 0

@@ -3,9 +3,15 @@
 The tolerance is counted in **output steps**: one step is how much a logit moves when one
 integer code of the last weight layer's input moves by one, ``s_in * max|W|`` (input scale
 times the largest dequantized weight of that layer). A runtime that fuses Q/DQ into integer
-kernels may round a value sitting on a .5 tie the other way, flipping one code by one; a few
-such flips reaching the head shift a logit by a step each. :data:`TOL_STEPS` allows two; an
-error in scales, zero points, clipping or layout moves logits by many steps.
+kernels may round a value sitting on a .5 tie the other way, flipping one code by one; flips
+reaching the head shift a logit by about a step each, and a few compound through depth.
+
+A runner variant (an optimisation level, a precision) conforms when the bulk of its outputs
+are within :data:`TOL_STEPS` (the 99th percentile of the error) and no output is further than
+:data:`TOL_MAX_STEPS` (:data:`TOL_STEPS_RECURRENT` for recurrent students). An error in scales,
+zero points, clipping or layout moves most outputs by many steps. The artifact conforms when
+any variant does; it is timed under the first (most optimised) variant that conforms, and the
+variants that failed are reported.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from torch import nn
 from qbench.export.base import Artifact, conformance_variants, runner
 
 TOL_STEPS = 2.0
+"""99th percentile of |artifact - Brevitas| in steps: all but the rare compounded tie flips."""
+TOL_MAX_STEPS = 8.0
+"""Largest error allowed in a feed-forward student: OpenVINO's int8 pipeline (f32 hint) put a
+trained 4-block DS-CNN's p99 at 1.4-1.8 steps with outliers up to 6.65 (top-1 agreement 99.6-100 %)."""
 TOL_STEPS_RECURRENT = 16.0
-"""In a recurrent student a code flipped at a tie feeds back into every later step: ORT's
-MatMulNBits kernel (ENABLE_EXTENDED and up) moved LSTM logits by up to 7 steps over 75 steps
-(OpenVINO f32 and ORT DISABLE_ALL are bit-exact); a real defect measured >= 28 steps."""
+"""Largest error allowed in a recurrent student, where a code flipped at a tie feeds back into
+every later step. ORT ENABLE_EXTENDED/ALL moved a trained LSTM's logits by 30-51 steps (p99 6-14,
+top-1 agreement 91 % at w4a4): that fails; BASIC and OpenVINO f32 are exact."""
 FLOAT_FLOOR = 1e-5  # fp32 reassociation between runtimes, relative to the logit range
 
 
@@ -31,12 +41,16 @@ FLOAT_FLOOR = 1e-5  # fp32 reassociation between runtimes, relative to the logit
 class Conformance:
     """Result of comparing an artifact with its Brevitas model on the same inputs."""
 
-    status: str  # "ok" | "failed"
-    reason: str | None
+    status: str  # "ok" (some variant conforms) | "failed"
+    reason: str | None  # the variants that failed, and why (kept when another variant is ok)
     step: float  # one output step (see module docstring)
-    tol_steps: float
+    tol_steps: float  # p99 bound
+    tol_max_steps: float  # max bound
     max_steps: dict[str, float]  # per runner variant: max |diff| / step
+    p99_steps: dict[str, float]  # per runner variant: 99th percentile of |diff| / step
     top1_agreement: dict[str, float]  # per runner variant: fraction of equal argmax
+    best: str | None  # the most optimised conforming variant: the one to time
+    best_options: dict[str, Any]  # its runner options
     n: int
 
     @property
@@ -44,7 +58,9 @@ class Conformance:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["best_options"] = {k: getattr(v, "value", v) for k, v in self.best_options.items()}
+        return out
 
 
 def _head(qmodel: nn.Module) -> nn.Module:
@@ -78,25 +94,31 @@ def reference_and_step(qmodel: nn.Module, x: np.ndarray) -> tuple[np.ndarray, fl
 
 
 def check_conformance(
-    artifact: Artifact, qmodel: nn.Module, x: Any, *, tol_steps: float | None = None, threads: int = 1
+    artifact: Artifact, qmodel: nn.Module, x: Any, *, tol_steps: float | None = None,
+    tol_max_steps: float | None = None, threads: int = 1,
 ) -> Conformance:
-    """Run ``artifact`` on ``x`` ((N, T, F) frames or a ``Split``) under every conformance variant of its backend and
-    compare with ``qmodel``. A failed check (or a runtime error) gives ``status="failed"``.
+    """Run ``artifact`` on ``x`` ((N, T, F) frames or a ``Split``) under every conformance variant of its
+    backend (most optimised first) and compare with ``qmodel``; see the module docstring.
 
-    ``tol_steps`` defaults to :data:`TOL_STEPS`, or :data:`TOL_STEPS_RECURRENT` for a model with a QuantLSTM.
+    ``tol_steps`` defaults to :data:`TOL_STEPS`; ``tol_max_steps`` to :data:`TOL_MAX_STEPS`, or
+    :data:`TOL_STEPS_RECURRENT` for a model with a QuantLSTM.
     """
     from brevitas.nn import QuantLSTM
 
-    if tol_steps is None:
+    tol_steps = TOL_STEPS if tol_steps is None else tol_steps
+    if tol_max_steps is None:
         recurrent = any(isinstance(m, QuantLSTM) for m in qmodel.modules())
-        tol_steps = TOL_STEPS_RECURRENT if recurrent else TOL_STEPS
+        tol_max_steps = TOL_STEPS_RECURRENT if recurrent else TOL_MAX_STEPS
     x = getattr(x, "x", x)  # a dataset Split: its (N, T, F) frames
     ref, step = reference_and_step(qmodel, x)
     step = max(step, FLOAT_FLOOR * float(np.abs(ref).max()))
     max_steps: dict[str, float] = {}
+    p99: dict[str, float] = {}
     top1: dict[str, float] = {}
     failures: list[str] = []
-    for name, options in conformance_variants(artifact).items():
+    best: str | None = None
+    variants = conformance_variants(artifact)
+    for name, options in variants.items():
         try:
             out = runner(artifact, threads=threads, **options)(x)
         except Exception as exc:  # noqa: BLE001 - a runtime failure is a failed conformance, recorded
@@ -105,11 +127,16 @@ def check_conformance(
         if out.shape != ref.shape:
             failures.append(f"{name}: output shape {out.shape} != {ref.shape}")
             continue
-        max_steps[name] = float(np.abs(out - ref).max() / step)
+        err = np.abs(out - ref) / step
+        max_steps[name], p99[name] = float(err.max()), float(np.percentile(err, 99))
         top1[name] = float((out.argmax(1) == ref.argmax(1)).mean())
-        if max_steps[name] > tol_steps:
-            failures.append(f"{name}: max error {max_steps[name]:.2f} steps > {tol_steps} (step {step:.3g})")
+        if p99[name] > tol_steps or max_steps[name] > tol_max_steps:
+            failures.append(f"{name}: error p99 {p99[name]:.2f} / max {max_steps[name]:.2f} steps > "
+                            f"{tol_steps:g} / {tol_max_steps:g} (step {step:.3g}, top-1 agreement {top1[name]:.3f})")
+        elif best is None:
+            best = name
     return Conformance(
-        status="failed" if failures else "ok", reason="; ".join(failures) or None, step=step,
-        tol_steps=tol_steps, max_steps=max_steps, top1_agreement=top1, n=int(x.shape[0]),
+        status="ok" if best is not None else "failed", reason="; ".join(failures) or None, step=step,
+        tol_steps=tol_steps, tol_max_steps=tol_max_steps, max_steps=max_steps, p99_steps=p99,
+        top1_agreement=top1, best=best, best_options=dict(variants[best]) if best else {}, n=int(x.shape[0]),
     )

@@ -23,6 +23,8 @@ def _session(path: Path, *, threads: int, opt_level: str = "enable_all"):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = {
         "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "enable_basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "enable_extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -73,8 +75,14 @@ def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: s
     )
 
 
+# Conformance checks every graph optimisation level, most optimised first, so the artifact is
+# timed at the fastest level that still computes the quantized model (measured: EXTENDED and ALL
+# fuse the LSTM's DequantizeLinear+MatMul into kernels that change its logits; BASIC is exact).
+CONFORMANCE_LEVELS = ("enable_all", "enable_extended", "enable_basic", "disable_all")
+
+
 def _variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
-    return {f"ort_{level}": {"opt_level": level} for level in OPT_LEVELS}
+    return {f"ort_{level}": {"opt_level": level} for level in CONFORMANCE_LEVELS}
 
 
 @register_runner(Backend.ORT, conformance_variants=_variants)
