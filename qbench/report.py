@@ -85,6 +85,7 @@ def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency
         _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
         _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
         _num(agreement.get("top1", float("nan")), ".2f", 100),
+        _num(agreement.get("hidden_code_agreement", float("nan")), ".3f", 100),
         *[_latency({"latency": r.get(latency_field)}, k) for k in keys],
     ]
 
@@ -92,6 +93,9 @@ def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency
 def deployment_table(records: Sequence[dict[str, Any]]) -> str:
     """Per backend: file size, agreement with the PyTorch model, latency median ± IQR.
 
+    Agreement is with the Brevitas model: top-1 on the test split, and for the integer engine
+    the fraction of identical LSTM hidden-state codes. ONNX Runtime rows name the optimisation
+    level they were timed at (the fastest that passed conformance).
     OpenVINO gets a second row for latency at the runtime's default precision (its error and
     agreement are measured at f32 only, so that row repeats them).
     """
@@ -101,14 +105,20 @@ def deployment_table(records: Sequence[dict[str, Any]]) -> str:
         if r.get("method") == "ptq":
             continue
         backend = r.get("backend", "?")
-        label = f"{backend} (f32)" if r.get("latency_default_precision") else backend
+        variant = r.get("runtime_variant")
+        if r.get("latency_default_precision"):
+            label = f"{backend} (f32)"
+        elif variant and backend == "onnxruntime":
+            label = f"{backend} ({variant.removeprefix('ort_')})"
+        else:
+            label = backend
         rows.append(_deployment_row(r, keys, backend=label, latency_field="latency"))
         if r.get("latency_default_precision"):
             precision = (r.get("runtime_precision") or {}).get("latency_default_precision", "default")
             rows.append(_deployment_row(r, keys, backend=f"{backend} ({precision}, default)",
                                         latency_field="latency_default_precision"))
     header = ["model", "precision", "distill", "backend", "status", "file KiB", "error %",
-              "top-1 agreement %", *[f"{k} ms" for k in keys]]
+              "top-1 agreement %", "hidden-code agreement %", *[f"{k} ms" for k in keys]]
     return _md_table(header, rows)
 
 
@@ -153,9 +163,12 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
         if x is None or err is None or (isinstance(x, float) and math.isnan(x)):
             continue
         bits = r.get("weight_bits")
-        label = f"{r['model']} {r.get('precision')}"
-        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), color=colours[r["model"]],
-                   label=None if label in seen else label, s=50, alpha=0.85)
+        distilled = r.get("distill", "none") != "none"
+        label = f"{r['model']} {r.get('precision')}" + ("" if distilled else " (no KD)")
+        colour = colours[r["model"]]
+        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), s=50, alpha=0.85, linewidths=1.5,
+                   facecolors=colour if distilled else "none", edgecolors=colour,
+                   label=None if label in seen else label)
         seen.add(label)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -175,7 +188,7 @@ def render_plots(doc: ResultsDocument, out_dir: Path) -> list[Path]:
     torch_points = [r for r in ok if r.get("backend") == "torch"]
     size_path, lat_path = out_dir / PLOT_SIZE, out_dir / PLOT_LATENCY
     _plot(torch_points, lambda r: r.get("packed_bytes"), "packed size (bytes)", size_path,
-          "Error against packed model size (marker = weight bits)")
+          "Error against packed model size (marker = weight bits, hollow = no distillation)")
     lat_points = [r for r in ok if r.get("method") != "ptq"]
     _plot(lat_points, lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("median_ms"),
           "latency, batch 1, 1 thread (ms)", lat_path, "Error against latency (all backends)")
