@@ -146,7 +146,11 @@ def render_markdown(doc: ResultsDocument) -> str:
     return "\n".join(parts)
 
 
-def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str) -> None:
+BACKEND_TAGS = {"torch": "pt", "engine": "int", "onnxruntime": "ort", "openvino": "ov"}
+
+
+def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str, *,
+          tag_backends: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +173,9 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
         ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), s=50, alpha=0.85, linewidths=1.5,
                    facecolors=colour if distilled else "none", edgecolors=colour,
                    label=None if label in seen else label)
+        if tag_backends:
+            ax.annotate(BACKEND_TAGS.get(r.get("backend"), "?"), (x, 100 * err), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
         seen.add(label)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -191,7 +198,8 @@ def render_plots(doc: ResultsDocument, out_dir: Path) -> list[Path]:
           "Error against packed model size (marker = weight bits, hollow = no distillation)")
     lat_points = [r for r in ok if r.get("method") != "ptq"]
     _plot(lat_points, lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("median_ms"),
-          "latency, batch 1, 1 thread (ms)", lat_path, "Error against latency (all backends)")
+          "latency, batch 1, 1 thread (ms)\npt = PyTorch, int = integer engine, ort = ONNX Runtime, ov = OpenVINO f32",
+          lat_path, "Error against latency (all backends)", tag_backends=True)
     return [size_path, lat_path]
 
 
