@@ -2,7 +2,9 @@
 
 File format: one ``.npz``. Weight code matrices are stored as :func:`kernels.pack.pack_codes`
 streams (``<path>.packed``) with their shape (``<path>.shape``); every other array (scales,
-biases, LUTs) is stored as is; ints and bools go into a JSON document under ``meta``.
+biases, LUTs) is stored as is, except that integer arrays take the narrowest integer type that
+holds their values (a LUT of 8-bit activation codes is stored as int8) and get their own type
+back at load; ints and bools go into a JSON document under ``meta``.
 ``<path>`` is the dotted field path, e.g. ``layers.0.weight``.
 """
 
@@ -20,7 +22,7 @@ from kernels.pack import pack_codes, unpack_codes
 
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: integer arrays stored narrowed, with their dtype
 _PACKED_FIELDS = {(IntLSTMLayer, "weight"), (IntLinear, "weight")}
 
 
@@ -45,9 +47,16 @@ def _flatten(obj: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, tuple):
         return {"__tuple__": [_flatten(v, f"{path}{i}.", arrays) for i, v in enumerate(obj)]}
     if isinstance(obj, np.ndarray):
-        arrays[path.rstrip(".")] = obj
-        return {"__array__": path.rstrip(".")}
+        arrays[path.rstrip(".")] = _narrowest(obj)
+        return {"__array__": path.rstrip("."), "dtype": obj.dtype.str}
     return obj
+
+
+def _narrowest(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest integer type holding its values (other arrays unchanged)."""
+    if a.dtype.kind not in "iu" or a.size == 0:
+        return a
+    return a.astype(np.result_type(np.min_scalar_type(int(a.min())), np.min_scalar_type(int(a.max()))))
 
 
 _TYPES = {cls.__name__: cls for cls in (IntLSTMModel, IntLSTMLayer, IntLinear, QuantSpec)}
@@ -68,7 +77,7 @@ def _rebuild(skeleton: Any, data: Any) -> Any:
     if isinstance(skeleton, dict) and "__tuple__" in skeleton:
         return tuple(_rebuild(v, data) for v in skeleton["__tuple__"])
     if isinstance(skeleton, dict) and "__array__" in skeleton:
-        return np.array(data[skeleton["__array__"]])
+        return np.array(data[skeleton["__array__"]]).astype(np.dtype(skeleton["dtype"]), copy=False)
     return skeleton
 
 

@@ -167,11 +167,14 @@ def test_save_load_round_trip_unpacks_weights(tmp_path) -> None:
     for a, b in zip(model.layers, back.layers):
         np.testing.assert_array_equal(a.weight, b.weight)
         np.testing.assert_array_equal(a.gate_luts, b.gate_luts)
+        assert b.gate_luts.dtype == a.gate_luts.dtype and b.bias.dtype == a.bias.dtype
         assert a.weight_quant[0].bit_width == b.weight_quant[0].bit_width
     np.testing.assert_array_equal(model.head.weight, back.head.weight)
     assert back.packed_nbytes == model.packed_nbytes
     x = _x(model, 1, 9)
     np.testing.assert_array_equal(IntLSTMEngine(back).run(x).logits, IntLSTMEngine(model).run(x).logits)
+    with np.load(tmp_path / "m.npz") as stored:  # activation codes fit a byte: LUTs are stored narrowed
+        assert stored["layers.0.gate_luts"].itemsize == 1
 
 
 def test_packed_nbytes_counts_weights_at_their_width() -> None:
