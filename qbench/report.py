@@ -77,6 +77,45 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
     return _md_table(header, rows)
 
 
+METHOD_ORDER = ("fp32", "ptq", "qat")
+DISTILL_ORDER = ("none", "kd", "tkd", "kd+tkd")
+
+
+def _column_order(column: tuple[str, str]) -> tuple[int, int, str]:
+    method, distill = column
+    rank = lambda seq, v: seq.index(v) if v in seq else len(seq)  # noqa: E731
+    return rank(METHOD_ORDER, method), rank(DISTILL_ORDER, distill), str(distill)
+
+
+def summary_table(records: Sequence[dict[str, Any]]) -> str:
+    """One row per model and precision; test error % per method/distillation (PyTorch backend).
+
+    Columns appear for the (method, distillation) pairs the records hold, e.g. ``fp32 none``,
+    ``fp32 kd``, ``ptq kd``, ``qat none``, ``qat kd``; failed points show ``failed``.
+    """
+    torch_records = [r for r in records if r.get("backend") == "torch"]
+    columns = sorted({(r.get("method"), r.get("distill")) for r in torch_records}, key=_column_order)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in torch_records:
+        row = rows.setdefault((r.get("model"), r.get("precision")), {"ref": r})
+        row[(r.get("method"), r.get("distill"))] = r
+        if r["status"] == STATUS_OK:
+            row["ref"] = r
+    body = []
+    for (model, precision), row in rows.items():
+        ref = row["ref"]
+        cells = []
+        for col in columns:
+            r = row.get(col)
+            cells.append("–" if r is None else (_num((r.get("metrics") or {}).get("error"), ".1f", 100)
+                                                if r["status"] == STATUS_OK else "failed"))
+        body.append([model, precision, *cells, _num(ref.get("packed_bytes", float("nan")), ".1f", 1 / 1024),
+                     _num(ref.get("pct_fp32", float("nan")), ".1f"), _num(ref.get("pct_teacher", float("nan")), ".2f")])
+    header = ["model", "precision", *[f"{m} {d} error %" for m, d in columns], "size KiB", "% of fp32 student",
+              "% of teacher"]
+    return _md_table(header, body)
+
+
 def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str) -> list[str]:
     agreement = r.get("agreement") or {}
     status = r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80]
@@ -140,6 +179,7 @@ def render_markdown(doc: ResultsDocument) -> str:
         "# qbench results", "", machine_line(doc), "",
         f"{len(doc.records)} points, {len(failed)} failed. Latency columns are `b<batch>_t<threads>`: "
         "median ± IQR in ms over repeated runs after warm-up.", "",
+        "## Summary: test error by method and distillation (PyTorch)", "", summary_table(doc.records), "",
         "## Error and size (PyTorch)", "", accuracy_table(doc.records), "",
         "## Deployment (backends)", "", deployment_table(doc.records), "",
     ]

@@ -8,7 +8,7 @@ import pytest
 from qbench.cli import main
 from qbench.provenance import machine_id, provenance
 from qbench.records import STATUS_FAILED, STATUS_OK, ResultsDocument, failed_record, flatten
-from qbench.report import PLOT_LATENCY, PLOT_SIZE, latency_keys, render, render_markdown
+from qbench.report import PLOT_LATENCY, PLOT_SIZE, latency_keys, render, render_markdown, summary_table
 
 
 def _record(rid, *, model="lstm", bits=4, backend="torch", error=0.1, status=STATUS_OK, machine=None):
@@ -94,3 +94,16 @@ def test_report_command_on_missing_or_foreign_file_is_one_line_exit_2(tmp_path, 
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
     assert main(["report", str(tmp_path / "other.json")]) == 2
     assert "not a qbench results file" in capsys.readouterr().err
+
+
+def test_summary_pivots_error_by_method_and_distillation():
+    recs = [
+        {**_record("a", bits=4, error=0.30), "method": "qat", "distill": "kd"},
+        {**_record("b", bits=4, error=0.40), "method": "qat", "distill": "none"},
+        {**_record("c", bits=4, error=0.50), "method": "ptq", "distill": "kd"},
+        {**_record("d", bits=4, error=0.0, status="failed"), "method": "qat", "distill": "tkd"},
+        {**_record("e", bits=4, backend="onnxruntime", error=0.9), "method": "qat", "distill": "kd"},
+    ]
+    header, _, row = summary_table(recs).splitlines()
+    assert header.split(" | ")[2:6] == ["ptq kd error %", "qat none error %", "qat kd error %", "qat tkd error %"]
+    assert row.split(" | ")[2:6] == ["50.0", "40.0", "30.0", "failed"]  # the onnxruntime record is not PyTorch
