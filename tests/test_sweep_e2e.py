@@ -46,6 +46,8 @@ def test_quick_sweep_figures_are_consistent(quick_sweep):
             assert r["latency"]["b1_t1"]["median_ms"] > 0
         if r["backend"] == "openvino":
             assert r["latency_default_precision"]["b1_t1"]["n"] >= 5
+        if r["backend"] in ("onnxruntime", "openvino") and r["model"] == "lstm":
+            assert r["agreement"]["engine"]["top1"] >= 0.9  # po2: engine and runtimes compute the same codes
 
 
 def test_report_files_exist_and_rerun_resumes_without_work(quick_sweep, monkeypatch):

@@ -20,7 +20,7 @@ import numpy as np
 from qbench.errors import QbenchError
 from qbench.metrics import evaluate
 from qbench.sweep.config import SweepBackend
-from qbench.sweep.plan import Point
+from qbench.sweep.plan import ENGINE_MODELS, Point
 
 NAN = float("nan")
 Run = Callable[[np.ndarray], np.ndarray]
@@ -191,10 +191,13 @@ def _exported_figures(pipe, point: Point, backend) -> dict[str, Any]:
     _, _, fp32_metrics = _fp32_reference(pipe, point)
     scores = scores_of(runner(art, threads=max(pipe.thread_counts()), **run_options), pipe.eval_split().x)
     metrics = _error(pipe, scores)
+    engine_agreement = {}
+    if point.model in ENGINE_MODELS:  # the integer engine is a second reference for LSTM artifacts
+        engine_agreement = {"engine": agreement(scores, _engine_scores(pipe, point, qmodel))}
     return {
         "metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
         **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
-        "agreement": agreement(scores, _quant_scores(pipe, point, qmodel)),
+        "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **engine_agreement},
         "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
                      "files": [p.name for p in art.files]},
         "conformance": conf.to_dict(), "runtime_variant": conf.best,
@@ -223,6 +226,14 @@ def _qat_openvino(pipe, point: Point) -> dict[str, Any]:
     return out
 
 
+def _engine_scores(pipe, point: Point, qmodel) -> np.ndarray:
+    """(N, C) logits of the integer engine on the test split (computed once per QAT model)."""
+    from qbench.engine import StudentEngine
+
+    key = ("engine-scores", point.model, point.distill.value, point.weight_bits, point.act_bits)
+    return pipe._once(key, lambda: scores_of(StudentEngine(qmodel), pipe.eval_split().x))
+
+
 @on_backend(SweepBackend.ENGINE)
 def _qat_engine(pipe, point: Point) -> dict[str, Any]:
     """The Numba integer engine: error, code-level agreement with Brevitas, stored size, latency."""
@@ -232,7 +243,7 @@ def _qat_engine(pipe, point: Point) -> dict[str, Any]:
     qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
     engine = StudentEngine(qmodel)
     x = pipe.eval_split().x
-    scores = scores_of(engine, x)
+    scores = _engine_scores(pipe, point, qmodel)
     metrics = _error(pipe, scores)
     _, _, fp32_metrics = _fp32_reference(pipe, point)
     out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / "engine"
