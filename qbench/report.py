@@ -217,12 +217,15 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
             ax.annotate(BACKEND_TAGS.get(r.get("backend"), "?"), (x, 100 * err), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         seen.add(label)
-    ax.set_xscale("log")
+    if seen:
+        ax.set_xscale("log")
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no measured points", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test error %")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
