@@ -24,8 +24,10 @@ Clock = Callable[[], float]  # seconds, monotonic
 DEFAULT_WARMUP = 5
 DEFAULT_REPEATS = 30
 DEFAULT_MIN_TIME = 0.2  # seconds of timed runs at least, so a fast model is not judged on 30 samples
-DEFAULT_MAX_TIME = 5.0  # seconds of timed runs at most once MIN_SAMPLES are in: a slow runner (Brevitas'
-# step-by-step QuantLSTM, a second a call) is not run 30 times
+DEFAULT_MAX_TIME = 2.0  # seconds of timed runs at most once MIN_SAMPLES are in: a slow runner (Brevitas'
+# step-by-step QuantLSTM, 0.2 s a call) is not run 30 times
+WARMUP_MAX_TIME = 1.0  # warm-up stops after this many seconds (one call at least): a JIT or a cache
+# is warm after its first calls, and a slow runner's later warm-up calls only cost time
 MIN_SAMPLES = 5  # never fewer timed calls than this: a median and quartiles need a few
 
 
@@ -76,7 +78,8 @@ def measure_latency(
     max_repeats: int = 10_000,
     clock: Clock = time.perf_counter,
 ) -> LatencyStats:
-    """Time ``run(x)`` per call: ``warmup`` untimed calls, then at least ``repeats`` timed calls
+    """Time ``run(x)`` per call: ``warmup`` untimed calls (fewer once :data:`WARMUP_MAX_TIME` is
+    spent, one at least), then at least ``repeats`` timed calls
     and at least ``min_time`` seconds of them (capped at ``max_repeats``, and at ``max_time``
     seconds once :data:`MIN_SAMPLES` calls are timed; ``n`` in the result says how many were).
 
@@ -87,7 +90,10 @@ def measure_latency(
         raise ConfigError(f"threads must be >= 1, got {threads}")
     if warmup < 0 or repeats < 1 or min_time < 0:
         raise ConfigError(f"need warmup >= 0, repeats >= 1, min_time >= 0; got {warmup}, {repeats}, {min_time}")
-    for _ in range(warmup):
+    warm_start = clock()
+    for i in range(warmup):
+        if i and clock() - warm_start >= WARMUP_MAX_TIME:
+            break
         run(x)
     samples: list[float] = []
     spent = 0.0

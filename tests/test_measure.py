@@ -39,8 +39,8 @@ def test_stats_from_known_samples() -> None:
 
 
 def test_warmup_excluded_and_ms_units() -> None:
-    # two slow warm-up calls (1 s each) must not appear; timed calls are 1, 2, 3 ms
-    clock = FakeClock([1.0, 1.0, 0.001, 0.002, 0.003])
+    # two slow warm-up calls (0.4 s each, under WARMUP_MAX_TIME) must not appear; timed calls are 1, 2, 3 ms
+    clock = FakeClock([0.4, 0.4, 0.001, 0.002, 0.003])
     x = np.zeros((4, 10, 8), np.float32)
     s = measure_latency(clock.run, x, threads=1, warmup=2, repeats=3, min_time=0.0, clock=clock)
     assert clock.calls == 5
@@ -88,3 +88,14 @@ def test_max_time_caps_a_slow_runner_but_keeps_min_samples() -> None:
     s = measure_latency(fast.run, np.zeros((1, 2, 2), np.float32), threads=1, warmup=0, repeats=30,
                         min_time=0.0, max_time=2.5, clock=fast)
     assert s.n == 30  # a fast runner is not cut short
+
+
+def test_warmup_is_capped_in_time_but_runs_once_at_least() -> None:
+    slow = FakeClock([0.6] * 20)  # 0.6 s a call: the second warm-up call crosses WARMUP_MAX_TIME
+    measure_latency(slow.run, np.zeros((1, 2, 2), np.float32), threads=1, warmup=5, repeats=1, min_time=0.0,
+                    clock=slow)
+    assert slow.calls == 2 + 1  # two warm-up calls, one timed
+    very_slow = FakeClock([5.0] * 20)
+    measure_latency(very_slow.run, np.zeros((1, 2, 2), np.float32), threads=1, warmup=5, repeats=1, min_time=0.0,
+                    clock=very_slow)
+    assert very_slow.calls == 1 + 1

@@ -131,3 +131,10 @@ def test_every_record_carries_provenance_and_config(tmp_path):
     for r in doc.records:
         assert r["provenance"]["machine_id"] == stored["provenance"]["machine_id"]
         assert r["seconds"] >= 0
+
+
+def test_a_rerun_that_measures_nothing_leaves_the_document_as_it_was(tmp_path):
+    run_sweep(SMALL, _fake_measure(), out_dir=tmp_path, progress=False)
+    before = (tmp_path / RESULTS_FILE).read_text()
+    run_sweep(SMALL, _fake_measure(), out_dir=tmp_path, progress=False)
+    assert (tmp_path / RESULTS_FILE).read_text() == before

@@ -38,7 +38,10 @@ def default_out_dir(cfg: SweepConfig, root: Path = Path("results")) -> Path:
 
 
 def open_document(path: Path, cfg: SweepConfig, prov: dict[str, Any]) -> ResultsDocument:
-    """The existing results at ``path`` if they belong to this config and machine, else a new document."""
+    """The existing results at ``path`` if they belong to this config and machine, else a new document.
+
+    An existing document keeps its provenance until this run adds a record to it.
+    """
     if not path.exists():
         return ResultsDocument(path, config=cfg.to_dict(), provenance=prov)
     doc = ResultsDocument.load(path)
@@ -47,7 +50,6 @@ def open_document(path: Path, cfg: SweepConfig, prov: dict[str, Any]) -> Results
     if doc.provenance.get("machine_id") != prov["machine_id"]:
         raise QbenchError(f"{path} was measured on {doc.provenance.get('machine_id')}, this is "
                           f"{prov['machine_id']}; results of two machines are never mixed: choose another --out")
-    doc.provenance = prov
     return doc
 
 
@@ -87,7 +89,8 @@ def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: 
 
     prov = provenance()
     doc = open_document(Path(out_dir) / RESULTS_FILE, cfg, prov)
-    doc.save()
+    if not doc.path.exists():
+        doc.save()
     log = _logger(Path(out_dir))
     points = plan_points(cfg)
     done = doc.finished_ids(include_failed=not retry_failed)
@@ -99,6 +102,7 @@ def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: 
             bar.set_description(point.id)
             record = measure_or_fail(point, measure, log)
             record["provenance"] = record_prov
+            doc.provenance = prov  # the document names the latest run that wrote to it
             doc.add(record)
             bar.update()
     return doc
