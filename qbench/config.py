@@ -113,6 +113,21 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def coerce_enum(owner: str, name: str, value: object, enum_type: type[E]) -> E:
+    """``value`` as a member of ``enum_type`` (members pass, values convert), or a ConfigError
+    naming the field and listing the allowed values."""
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum_type)
+        raise ConfigError(f"{owner}.{name} must be one of {choices}, got {value!r}") from None
+
+
 def check_range(owner: str, name: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``lo <= value <= hi`` (and an int when ``integer``)."""
     if integer and (isinstance(value, bool) or not isinstance(value, int)):

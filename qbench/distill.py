@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qbench.config import Config, check_range
+from qbench.config import Config, check_range, coerce_enum
 from qbench.errors import ConfigError, QbenchError
 
 
@@ -60,12 +60,7 @@ class DistillConfig(Config):
     teacher: str = "transformer"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mode, DistillMode):
-            try:
-                object.__setattr__(self, "mode", DistillMode(self.mode))
-            except ValueError:
-                allowed = ", ".join(m.value for m in DistillMode)
-                raise ConfigError(f"DistillConfig.mode must be one of {allowed}, got {self.mode!r}") from None
+        object.__setattr__(self, "mode", coerce_enum("DistillConfig", "mode", self.mode, DistillMode))
         check_range("DistillConfig", "temperature", self.temperature, 1e-3, 1e3)
         check_range("DistillConfig", "alpha", self.alpha, 0.0, 1.0)
         check_range("DistillConfig", "lambda_", self.lambda_, 0.0, 1e6)

@@ -8,7 +8,7 @@ import os
 from enum import Enum
 from pathlib import Path
 
-from qbench.config import Config, check_range
+from qbench.config import Config, check_range, coerce_enum
 from qbench.errors import ConfigError
 
 CACHE_ENV = "QBENCH_CACHE"
@@ -42,16 +42,6 @@ def _floats(config: Config, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(config, name, float(value))
-
-
-def _coerce_enum(owner: str, name: str, value: object, enum_type: type[Enum]) -> Enum:
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_type)
-        raise ConfigError(f"{owner}.{name} must be one of {choices}, got {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +132,7 @@ class DataConfig(Config):
     def __post_init__(self) -> None:
         owner = "DataConfig"
         _floats(self, "clip_seconds", "val_fraction", "test_fraction")
-        object.__setattr__(self, "kind", _coerce_enum(owner, "kind", self.kind, DatasetKind))
+        object.__setattr__(self, "kind", coerce_enum(owner, "kind", self.kind, DatasetKind))
         if self.kind.synthetic and self.path is not None:
             raise ConfigError(f"{owner}.path is only used by loader kinds, not kind={self.kind.value}")
         if not self.kind.synthetic and not self.path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from enum import Enum
 
-from qbench.config import Config
+from qbench.config import Config, coerce_enum
 from qbench.errors import ConfigError
 
 BIT_WIDTHS = tuple(range(2, 9))  # the grid the CLI sweeps and tests parametrise over
@@ -74,13 +74,7 @@ class QuantConfig(Config):
             check_bits("QuantConfig", "gate_bits", self.gate_bits, allow_wide=True)
         check_bits("QuantConfig", "cell_bits", self.cell_bits, allow_wide=True)
         for name, enum_type in (("granularity", Granularity), ("scale_type", ScaleType), ("rounding", Rounding)):
-            value = getattr(self, name)
-            if not isinstance(value, enum_type):
-                try:
-                    object.__setattr__(self, name, enum_type(value))
-                except ValueError:
-                    choices = ", ".join(m.value for m in enum_type)
-                    raise ConfigError(f"QuantConfig.{name} must be one of {choices}, got {value!r}") from None
+            object.__setattr__(self, name, coerce_enum("QuantConfig", name, getattr(self, name), enum_type))
 
     @property
     def effective_gate_bits(self) -> int:

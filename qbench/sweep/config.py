@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from enum import Enum
 
-from qbench.config import Config, check_range
+from qbench.config import Config, check_range, coerce_enum
 from qbench.data.config import DataConfig
 from qbench.distill import DistillConfig, DistillMode
 from qbench.errors import ConfigError
@@ -82,10 +82,10 @@ class SweepConfig(Config):
         owner = "SweepConfig"
         if not self.models:
             raise ConfigError(f"{owner}.models must name at least one student")
-        object.__setattr__(self, "distill", tuple(_coerce(owner, "distill", d, DistillMode) for d in self.distill))
+        object.__setattr__(self, "distill", tuple(coerce_enum(owner, "distill", d, DistillMode) for d in self.distill))
         object.__setattr__(self, "qat_distill",
-                           tuple(_coerce(owner, "qat_distill", d, DistillMode) for d in self.qat_distill))
-        object.__setattr__(self, "backends", tuple(_coerce(owner, "backends", b, SweepBackend) for b in self.backends))
+                           tuple(coerce_enum(owner, "qat_distill", d, DistillMode) for d in self.qat_distill))
+        object.__setattr__(self, "backends", tuple(coerce_enum(owner, "backends", b, SweepBackend) for b in self.backends))
         if not self.distill or not self.backends or not self.bits or not self.threads:
             raise ConfigError(f"{owner}: distill, backends, bits and threads must each name at least one value")
         missing = [d.value for d in self.qat_distill if d not in self.distill]
@@ -111,14 +111,6 @@ class SweepConfig(Config):
 
     def distill_config(self, mode: DistillMode) -> DistillConfig:
         return self.distill_params.replace(mode=mode, teacher=self.teacher)
-
-
-def _coerce(owner: str, name: str, value: object, enum_type: type[Enum]):
-    try:
-        return enum_type(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum_type)
-        raise ConfigError(f"{owner}.{name}: unknown value {value!r} (allowed: {allowed})") from None
 
 
 def parse_int_list(option: str, text: str) -> tuple[int, ...]:
