@@ -24,6 +24,8 @@ SMALL = SweepConfig(models=("lstm",), bits=((2, 8), (4, 8)), backends=("torch", 
     (["--data", "/no/such/folder", "--dataset-format", "esc50"], "does not exist"),
     (["--data", "."], "needs --dataset-format"),
     (["--threads", "1,two"], "'two' is not an integer"),
+    (["--kd-temperature", "0"], "DistillConfig.temperature must be in"),
+    (["--kd-alpha", "1.5"], "DistillConfig.alpha must be in"),
 ])
 def test_bad_arguments_exit_2_with_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     import qbench.sweep.pipeline as pipeline
@@ -138,3 +140,16 @@ def test_a_rerun_that_measures_nothing_leaves_the_document_as_it_was(tmp_path):
     before = (tmp_path / RESULTS_FILE).read_text()
     run_sweep(SMALL, _fake_measure(), out_dir=tmp_path, progress=False)
     assert (tmp_path / RESULTS_FILE).read_text() == before
+
+
+def test_distillation_options_reach_the_config():
+    import argparse
+
+    from qbench.commands import sweep as sweep_command
+    from qbench.sweep.options import config_from_args
+
+    parser = argparse.ArgumentParser()
+    sweep_command.add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--kd-temperature", "2", "--kd-alpha", "0.9", "--tkd-lambda", "3"]))
+    assert (cfg.distill_params.temperature, cfg.distill_params.alpha, cfg.distill_params.lambda_) == (2.0, 0.9, 3.0)
+    assert cfg.distill_config(cfg.distill[1]).temperature == 2.0

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill", help="distillation modes, comma-separated: none,kd,tkd,kd+tkd (default: none,kd)")
     g.add_argument("--qat-distill", help="modes (from --distill) whose students get PTQ and QAT "
                    "(default: the distilled ones, e.g. kd)")
+    g.add_argument("--kd-temperature", type=float, help="softmax temperature of output KD (default 4)")
+    g.add_argument("--kd-alpha", type=float, help="weight of the soft-target loss against the labels (default 0.5)")
+    g.add_argument("--tkd-lambda", type=float, help="weight of the temporal attention KL (default 1)")
     g.add_argument("--bits", help="bit widths for weights and activations together, e.g. 2,4,8 (w2a2, w4a4, w8a8)")
     g.add_argument("--weight-bits", help="weight bit widths; crossed with --act-bits (default 8)")
     g.add_argument("--act-bits", help="activation bit widths; crossed with --weight-bits (default 8)")

@@ -97,6 +97,11 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     quant = {k: getattr(args, k) for k in ("scale_type", "granularity") if getattr(args, k) is not None}
     if quant:
         base = base.replace(quant=base.quant.replace(**quant))
+    distill = {field: getattr(args, option) for option, field in
+               (("kd_temperature", "temperature"), ("kd_alpha", "alpha"), ("tkd_lambda", "lambda_"))
+               if getattr(args, option) is not None}
+    if distill:
+        base = base.replace(distill_params=base.distill_params.replace(**distill))
     return quick_preset(base) if args.quick else base
 
 
