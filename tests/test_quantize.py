@@ -180,3 +180,24 @@ def test_lstm_state_dict_round_trips_after_eval_forward() -> None:
     expected = q(x)
     q.load_state_dict(state)  # strict: raises on missing keys
     torch.testing.assert_close(q(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lstm", "dscnn", "crnn"])
+def test_every_registered_student_has_a_training_quantized_twin(name: str) -> None:
+    import models
+
+    assert name in models.list_students()
+    torch.manual_seed(0)
+    student = models.build_student(name, n_mels=40, n_frames=64, n_classes=5)
+    x, y = torch.randn(8, 64, 40), torch.randint(0, 5, (8,))
+    student.train()
+    student(x)  # BatchNorm statistics, so folding has something to fold
+    q = quantize(student.eval(), QuantConfig(weight_bits=4, act_bits=8))
+    calibrate(q, x.numpy(), batches=1, batch_size=8)
+    assert q(x).shape == (8, 5) and q.temporal_features(x).shape[0] == 8
+    before = {k: v.clone() for k, v in q.state_dict().items() if k.endswith("weight")}
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(q(x), y).backward()
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in q.state_dict().items() if k in before)
