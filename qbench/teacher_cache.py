@@ -6,8 +6,6 @@ hashes the teacher name, its options, the TrainConfig and the dataset's ``config
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import models
 from qbench import train as _train  # looked up at call time, so tests can stand in for train()
 from qbench.data.config import default_cache_dir
 from qbench.data.types import FeatureDataset
-from qbench.model_cache import atomic_torch_save
+from qbench.model_cache import atomic_torch_save, cache_key
 from qbench.train import TrainConfig
 
 # Bump when a teacher's behaviour changes without changing its parameter shapes (those are
@@ -36,8 +34,7 @@ def teacher_key(name: str, options: dict[str, Any], config: TrainConfig, dataset
     """Stable 16-hex-digit key of everything that determines a trained teacher's weights."""
     doc = {"version": TEACHER_CACHE_VERSION, "name": name, "options": options, "layout": _shapes(model),
            "train": config.to_dict(), "data": dataset.config.key()}
-    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+    return cache_key(doc)
 
 
 def teacher_path(name: str, dataset: FeatureDataset, model: nn.Module, *, config: TrainConfig,

@@ -125,17 +125,19 @@ class Pipeline:
             return copy.deepcopy(self.ptq(model, mode, w, a))
 
         def make():
-            desc = {**self._student_description(model, mode), "stage": "qat",
-                    "quant": self.cfg.quant_config(w, a).to_dict(), "qat": self.cfg.qat_train.to_dict()}
-            path = self.cache_dir / "models" / f"qat-{model}_w{w}a{a}-{cache_key(desc)}.pt"
+            path = self.cache_dir / "models" / f"qat-{model}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
             return load_or_fit(path, build, lambda m: self._fit(m, train_cfg=self.cfg.qat_train, mode=mode))
 
         return self._once(("qat", model, mode.value, w, a), make)
 
+    def _qat_key(self, model: str, mode: DistillMode, w: int, a: int) -> str:
+        """Cache key of everything that determines a QAT model's weights."""
+        return cache_key({**self._student_description(model, mode), "stage": "qat",
+                          "quant": self.cfg.quant_config(w, a).to_dict(), "qat": self.cfg.qat_train.to_dict()})
+
     def artifact_dir(self, model: str, mode: DistillMode, w: int, a: int) -> Path:
-        desc = {**self._student_description(model, mode), "quant": self.cfg.quant_config(w, a).to_dict(),
-                "qat": self.cfg.qat_train.to_dict()}
-        return self.cache_dir / "artifacts" / f"{model}_w{w}a{a}-{cache_key(desc)}"
+        """Where this QAT model's exported artifacts are written (one folder per QAT model)."""
+        return self.cache_dir / "artifacts" / f"{model}_w{w}a{a}-{self._qat_key(model, mode, w, a)}"
 
     def eval_split(self):
         """The test split, capped at ``eval_limit`` clips when set (quick runs)."""

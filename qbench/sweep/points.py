@@ -70,6 +70,20 @@ def _error(pipe, scores: np.ndarray) -> dict[str, float]:
     return evaluate(pipe.eval_split().y, scores, multilabel=ds.multilabel)
 
 
+def _torch_scores(pipe, model) -> np.ndarray:
+    """(N, C) outputs of a PyTorch model (float or Brevitas) on the test split."""
+    from qbench.measure import torch_runner
+
+    return scores_of(torch_runner(model, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+
+
+def _error_figures(pipe, point: Point, scores: np.ndarray) -> dict[str, Any]:
+    """The test metrics of ``scores`` and their error change against this point's fp32 student."""
+    metrics = _error(pipe, scores)
+    _, _, fp32_metrics = _fp32_reference(pipe, point)
+    return {"metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"]}
+
+
 def _torch_factory(model) -> RunnerFactory:
     from qbench.measure import torch_runner
 
@@ -84,21 +98,20 @@ def _teacher_bytes(pipe) -> int:
 
 def _fp32_reference(pipe, point: Point) -> tuple[Any, np.ndarray, dict[str, float]]:
     """The fp32 student of this point's model and mode: model, test scores, metrics."""
-    from qbench.measure import torch_runner
-
     def make():
         model, _ = pipe.student(point.model, point.distill)
-        scores = scores_of(torch_runner(model, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+        scores = _torch_scores(pipe, model)
         return model, scores, _error(pipe, scores)
 
     return pipe._once(("fp32-scores", point.model, point.distill.value), make)
 
 
-def _float_figures(pipe, model, scores: np.ndarray, *, teacher: bool) -> dict[str, Any]:
+def _float_figures(pipe, model, *, teacher: bool) -> dict[str, Any]:
+    """Size and latency of a float model (its error figures come from the caller)."""
     from qbench.quant.size import fp32_size
 
     size = fp32_size(model)
-    return {"metrics": _error(pipe, scores), "params": sum(p.numel() for p in model.parameters()),
+    return {"params": sum(p.numel() for p in model.parameters()),
             "packed_bytes": size, "file_bytes": NAN, "pct_fp32": 100.0,
             "pct_teacher": 100.0 * size / (size if teacher else _teacher_bytes(pipe)),
             "latency": latency(pipe, _torch_factory(model))}
@@ -107,13 +120,10 @@ def _float_figures(pipe, model, scores: np.ndarray, *, teacher: bool) -> dict[st
 def measure_point(pipe, point: Point) -> dict[str, Any]:
     if point.role == "teacher":
         teacher = pipe.teacher()
-        from qbench.measure import torch_runner
-
-        scores = scores_of(torch_runner(teacher, threads=max(pipe.thread_counts())), pipe.eval_split().x)
-        return _float_figures(pipe, teacher, scores, teacher=True)
+        return {"metrics": _error(pipe, _torch_scores(pipe, teacher)), **_float_figures(pipe, teacher, teacher=True)}
     if point.method == "fp32":
-        model, scores, metrics = _fp32_reference(pipe, point)
-        return {**_float_figures(pipe, model, scores, teacher=False), "delta_error_vs_fp32": 0.0,
+        model, _, metrics = _fp32_reference(pipe, point)
+        return {"metrics": metrics, "delta_error_vs_fp32": 0.0, **_float_figures(pipe, model, teacher=False),
                 "train": pipe.student(point.model, point.distill)[1]}
     if point.method == "ptq":
         qmodel = pipe.ptq(point.model, point.distill, point.weight_bits, point.act_bits)
@@ -132,21 +142,15 @@ def _size_figures(pipe, point: Point, qmodel) -> dict[str, Any]:
 
 
 def _quant_torch_figures(pipe, point: Point, qmodel, *, with_latency: bool) -> dict[str, Any]:
-    _, _, fp32_metrics = _fp32_reference(pipe, point)
-    scores = _quant_scores(pipe, point, qmodel)
-    metrics = _error(pipe, scores)
-    out = {"metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
-           "file_bytes": NAN, **_size_figures(pipe, point, qmodel)}
+    out = {**_error_figures(pipe, point, _quant_scores(pipe, point, qmodel)), "file_bytes": NAN,
+           **_size_figures(pipe, point, qmodel)}
     out["latency"] = latency(pipe, _torch_factory(qmodel)) if with_latency else {}
     return out
 
 
 def _quant_scores(pipe, point: Point, qmodel) -> np.ndarray:
-    from qbench.measure import torch_runner
-
     key = ("quant-scores", point.model, point.method, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, lambda: scores_of(torch_runner(qmodel, threads=max(pipe.thread_counts())),
-                                             pipe.eval_split().x))
+    return pipe._once(key, lambda: _torch_scores(pipe, qmodel))
 
 
 @on_backend(SweepBackend.TORCH)
@@ -188,15 +192,12 @@ def _exported_figures(pipe, point: Point, backend) -> dict[str, Any]:
     qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
     art, conf = _artifact(pipe, point, backend)
     run_options = conf.best_options
-    _, _, fp32_metrics = _fp32_reference(pipe, point)
     scores = scores_of(runner(art, threads=max(pipe.thread_counts()), **run_options), pipe.eval_split().x)
-    metrics = _error(pipe, scores)
     engine_agreement = {}
     if point.model in ENGINE_MODELS:  # the integer engine is a second reference for LSTM artifacts
         engine_agreement = {"engine": agreement(scores, _engine_scores(pipe, point, qmodel))}
     return {
-        "metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
-        **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
+        **_error_figures(pipe, point, scores), **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
         "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **engine_agreement},
         "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
                      "files": [p.name for p in art.files]},
@@ -226,34 +227,38 @@ def _qat_openvino(pipe, point: Point) -> dict[str, Any]:
     return out
 
 
-def _engine_scores(pipe, point: Point, qmodel) -> np.ndarray:
-    """(N, C) logits of the integer engine on the test split (computed once per QAT model)."""
+def _student_engine(pipe, point: Point, qmodel):
+    """The integer engine extracted from this point's QAT model (extracted once per run)."""
     from qbench.engine import StudentEngine
 
+    key = ("engine", point.model, point.distill.value, point.weight_bits, point.act_bits)
+    return pipe._once(key, lambda: StudentEngine(qmodel))
+
+
+def _engine_scores(pipe, point: Point, qmodel) -> np.ndarray:
+    """(N, C) logits of the integer engine on the test split (computed once per QAT model)."""
     key = ("engine-scores", point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, lambda: scores_of(StudentEngine(qmodel), pipe.eval_split().x))
+    return pipe._once(key, lambda: scores_of(_student_engine(pipe, point, qmodel), pipe.eval_split().x))
 
 
 @on_backend(SweepBackend.ENGINE)
 def _qat_engine(pipe, point: Point) -> dict[str, Any]:
     """The Numba integer engine: error, code-level agreement with Brevitas, stored size, latency."""
     import kernels
-    from qbench.engine import ENGINE_THREADS, StudentEngine
+    from qbench.engine import ENGINE_THREADS
 
     qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
-    engine = StudentEngine(qmodel)
+    engine = _student_engine(pipe, point, qmodel)
     x = pipe.eval_split().x
     scores = _engine_scores(pipe, point, qmodel)
-    metrics = _error(pipe, scores)
-    _, _, fp32_metrics = _fp32_reference(pipe, point)
     out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / "engine"
     out_dir.mkdir(parents=True, exist_ok=True)
     kernels.save_model(engine.model, out_dir / "model.npz")
     # hidden codes compared with Brevitas on the whole (capped) test split, free running and per step
     codes = kernels.agreement(engine.model, qmodel.lstm, engine.features(x), head=qmodel.fc)
     return {
-        "metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
-        **_size_figures(pipe, point, qmodel), "engine_packed_bytes": engine.model.packed_nbytes,
+        **_error_figures(pipe, point, scores), **_size_figures(pipe, point, qmodel),
+        "engine_packed_bytes": engine.model.packed_nbytes,
         "file_bytes": (out_dir / "model.npz").stat().st_size,
         "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **codes},
         "latency": latency(pipe, lambda threads: engine, threads=(ENGINE_THREADS,)),
