@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from qbench.files import atomic_write
 
 # Bump when a cached model's layout changes, so stale weights are never loaded into a new shape.
 MODEL_CACHE_VERSION = 1
@@ -30,16 +30,8 @@ def cache_key(description: dict[str, Any]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` that readers never see half-written."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_or_fit(path: Path, build: Callable[[], nn.Module],

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
+from qbench.files import atomic_write
 
 RESULTS_SCHEMA_VERSION = 1
 DOCUMENT_KIND = "qbench-results"
@@ -33,17 +32,7 @@ STATUS_FAILED = "failed"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` so readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from qbench.data.features import featurize
 from qbench.data.loaders import Index, check_coverage, clips, index_dataset
 from qbench.data.synth import SpeechBank
 from qbench.data.types import FeatureDataset, SkippedClip, Split
+from qbench.files import atomic_write
 
 # Bump when generation or feature code changes what a config produces, to retire old caches.
 CACHE_FORMAT = 2
@@ -130,19 +129,9 @@ def save_npz(path: Path, dataset: FeatureDataset) -> None:
         "skipped": [dataclasses.asdict(s) for s in dataset.skipped],
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per writer, so concurrent builds of one config never share a temp file; open()
-    # rather than mkstemp so the file gets the umask's permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            # Uncompressed float32: a cache hit is bit-identical to a fresh build, and log-mel
-            # noise floors compress poorly anyway.
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Uncompressed float32: a cache hit is bit-identical to a fresh build, and log-mel noise
+    # floors compress poorly anyway.
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_npz(path: Path, cfg: DataConfig | None = None) -> FeatureDataset | None:
