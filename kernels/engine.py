@@ -16,7 +16,7 @@ from enum import Enum
 import numpy as np
 
 from kernels.linear import HeadArrays, head_arrays, linear_numba, linear_ref
-from kernels.lstm import layer_arrays, lstm_layer_numba, lstm_layer_ref
+from kernels.lstm import layer_arrays, lstm_layer_ref, run_layer_numba
 from kernels.model import IntLSTMModel
 
 __all__ = ["EngineOutput", "IntLSTMEngine", "KernelBackend", "LSTMStream"]
@@ -55,7 +55,7 @@ class IntLSTMEngine:
         """Layer ``index`` alone: (B, n, F_l) io codes -> (B, n, H) int16 codes; ``h``, ``c`` (B, H) int64 advanced."""
         x = np.ascontiguousarray(x, dtype=np.int16)
         if self.backend is KernelBackend.NUMBA:
-            out = lstm_layer_numba(*self._layers[index], x, h, c)
+            out = run_layer_numba(self._layers[index], x, h, c)
         else:
             out = lstm_layer_ref(self._layers[index], x, h, c)
         return out.astype(np.int16)  # io codes: at most 16 bits

@@ -5,12 +5,13 @@ A real multiplier ``M > 0`` becomes ``(mult, shift)`` with ``M ~= mult / 2**shif
 * ``M`` a power of two (every scale is, with power-of-two quantizers): ``mult = 1`` and
   ``shift = -log2(M)`` (or ``mult = 2 * M``, ``shift = 1`` when ``M >= 1``), so
   requantization is an exact shift and matches Brevitas bit for bit.
-* otherwise ``mult = round(M * 2**shift)`` in ``[2**30, 2**31]``: 31 significant bits,
-  far finer than the float32 arithmetic of Brevitas' fake-quantized forward.
+* otherwise ``mult = round(M * 2**shift)`` in ``[2**29, 2**30]``: 30 significant bits,
+  far finer than the float32 arithmetic of Brevitas' fake-quantized forward, and an int32
+  (the LSTM kernel multiplies in 32-bit lanes widened to 64: x86's ``vpmuldq``).
 
 ``shift >= 1`` always, so the kernels can round without a branch. ``x * mult`` is formed
-in int64; callers bound ``x``: int32 accumulators (``|x| < 2**31``) times ``mult <= 2**31``
-stays below ``2**62``. The right shift rounds half to even, like ``torch.round`` /
+in int64; callers bound ``x``: int32 accumulators (``|x| < 2**31``) times ``mult <= 2**30``
+stays below ``2**61``. The right shift rounds half to even, like ``torch.round`` /
 ``np.round`` on the float value ``x * M``.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 __all__ = ["MULT_BITS", "div_round_half_even", "requant_params", "rshift_round_half_even"]
 
-MULT_BITS = 31  # significant bits of a non-power-of-two multiplier
+MULT_BITS = 30  # significant bits of a non-power-of-two multiplier
 
 
 def requant_params(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:

@@ -6,11 +6,12 @@ One time step, per batch row, in the order and rounding of Brevitas' ``_QuantLST
    int32 suffices: ``|acc| <= K * 2**(wb-1) * 2**(ab-1) + |bias|``; at K = 64 + 256, 8-bit
    weights and inputs that is 320 * 127 * 128 = 5.2e6, far below 2**31, and
    :func:`layer_arrays` refuses a layer whose bound passes 2**31. The NumPy reference
-   accumulates in int64 (no wraparound: an overflow would show as a mismatch). In the Numba
-   kernel Numba widens each int16 x int16 product to an int64 scalar; the code truncates
-   product and sum back to int32 explicitly, which is what lets LLVM use 32-bit SIMD lanes
-   (``vpmaddwd``) and is lossless under that bound.
-2. ``gate[r] = clamp(rq(acc[r], io*w[r]/gate_acc))``: ``rq`` rounds half to even.
+   accumulates in int64 (no wraparound: an overflow would show as a mismatch). The Numba
+   kernel computes the dot products with :func:`kernels.simd.gate_dot` (explicit SIMD, int32
+   lanes), lossless under that bound.
+2. ``gate[r] = clamp(rq(acc[r], io*w[r]/gate_acc))``: ``rq`` rounds half to even; its
+   multiplier fits int32 (:mod:`kernels.fixedpoint`), so ``acc * mult`` is one 32 x 32 -> 64
+   bit product per lane.
 3. ``i, f, o = sigmoid_lut[gate]``, ``g = tanh_lut[gate]`` (the model's own quantizers).
 4. ``fc = clamp_c(rq(f*c, s_f))``; ``ic = clamp_c(rq(i*g, s_i*s_g/s_c))``;
    ``c = clamp_c(fc + ic)``; ``h = clamp_io(rq(o * tanh_lut_c[c], s_o*s_t/s_io))``
@@ -32,12 +33,13 @@ import numpy as np
 
 from kernels.fixedpoint import requant_params, rshift_round_half_even
 from kernels.model import IntLSTMLayer, QuantSpec
+from kernels.simd import block_weights, gate_dot
 from qbench.errors import QbenchError
 
-__all__ = ["AccumulatorOverflow", "LayerArrays", "is_po2", "layer_arrays", "lstm_layer_numba", "lstm_layer_ref"]
+__all__ = ["AccumulatorOverflow", "LayerArrays", "is_po2", "kernel_args", "layer_arrays", "lstm_layer_numba",
+           "lstm_layer_ref", "run_layer_numba"]
 
 INT32_MAX = 2**31 - 1
-K_PAD_MULTIPLE = 64  # LLVM's vectorised dot loop eats 64 int16 a trip (4 x ymm); no scalar tail
 
 
 class AccumulatorOverflow(QbenchError):
@@ -47,10 +49,11 @@ class AccumulatorOverflow(QbenchError):
 class LayerArrays(NamedTuple):
     """A layer flattened into the arrays the kernels take (built once at load)."""
 
-    weight: np.ndarray  # (4H, K_pad) int16 codes, K = F + H zero-padded to K_PAD_MULTIPLE
-    bias: np.ndarray  # (4H,) int64 codes
-    gate_mult: np.ndarray  # (4H,) int64 requant multiplier acc -> gate code
-    gate_shift: np.ndarray  # (4H,) int64
+    weight: np.ndarray  # (4H, K) int8 codes, K = F + H (the NumPy reference reads these)
+    blocks: np.ndarray  # the same codes in kernels.simd's blocked layout (the Numba kernel reads these)
+    bias: np.ndarray  # (4H,) int32 codes
+    gate_mult: np.ndarray  # (4H,) int32 requant multiplier acc -> gate code
+    gate_shift: np.ndarray  # (4H,) int32
     gate_luts: np.ndarray  # (4, n_gate_codes) int32: gate code - gate_min -> activation code
     tanh_lut: np.ndarray  # (n_cell_codes,) int32: cell code - cell_min -> tanh code
     params: np.ndarray  # (13,) int64: see _PARAM_NAMES
@@ -73,12 +76,10 @@ def _check_accumulator(layer: IntLSTMLayer, io: QuantSpec) -> None:
         raise AccumulatorOverflow(f"gate accumulator bound {bound.max()} exceeds int32; weights or biases too wide")
 
 
-def _padded(weight: np.ndarray) -> np.ndarray:
-    """(R, K) codes -> (R, K_pad) int16, zero columns appended (they add nothing to a dot)."""
-    rows, k = weight.shape
-    out = np.zeros((rows, -(-k // K_PAD_MULTIPLE) * K_PAD_MULTIPLE), dtype=np.int16)
-    out[:, :k] = weight
-    return out
+def _int32(values: np.ndarray, what: str) -> np.ndarray:
+    if values.min() < -INT32_MAX - 1 or values.max() > INT32_MAX:
+        raise AccumulatorOverflow(f"{what} do not fit int32 (range {values.min()} .. {values.max()})")
+    return values.astype(np.int32)
 
 
 def is_po2(*specs: QuantSpec) -> bool:
@@ -112,10 +113,11 @@ def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32
     acc = layer.gate_acc_quant[0]
     params = [acc.qmin, acc.qmax, cell.qmin, cell.qmax, io.qmin, io.qmax, *fc, *ic, *hq, float32_cell]
     return LayerArrays(
-        weight=_padded(layer.weight),
-        bias=layer.bias.astype(np.int64),
-        gate_mult=gate_mult,
-        gate_shift=gate_shift,
+        weight=np.ascontiguousarray(layer.weight, dtype=np.int8),
+        blocks=block_weights(layer.weight),
+        bias=_int32(layer.bias.astype(np.int64), "gate biases"),
+        gate_mult=_int32(gate_mult, "gate requantization multipliers (a scale ratio above 2**30?)"),
+        gate_shift=gate_shift.astype(np.int32),
         gate_luts=layer.gate_luts.astype(np.int32),
         tanh_lut=layer.cell_tanh_lut.astype(np.int32),
         params=np.array([int(p) for p in params], dtype=np.int64),
@@ -156,7 +158,7 @@ def lstm_layer_ref(a: LayerArrays, x: np.ndarray, h: np.ndarray, c: np.ndarray) 
     batch, steps, _ = x.shape
     hidden = h.shape[1]
     out = np.empty((batch, steps, hidden), dtype=np.int64)
-    w = a.weight[:, : x.shape[2] + hidden].astype(np.int64)  # drop the zero padding
+    w = a.weight.astype(np.int64)
     for t in range(steps):
         z = np.concatenate([x[:, t].astype(np.int64), h], axis=1)  # (B, K)
         acc = z @ w.T + a.bias  # (B, 4H) int64, exact
@@ -177,10 +179,16 @@ def lstm_layer_ref(a: LayerArrays, x: np.ndarray, h: np.ndarray, c: np.ndarray) 
 # ---------------------------------------------------------------- Numba kernel
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _rq(x, mult, shift):
-    """round_half_even(x * mult / 2**shift), int64 scalars, shift >= 1, without branches."""
-    y = x * mult
+def _round_shift(y, shift):
+    """round_half_even(y / 2**shift), int64 ``y``, shift >= 1, without branches."""
+    shift = np.int64(shift)
     return (y + ((np.int64(1) << (shift - 1)) - 1) + ((y >> shift) & 1)) >> shift
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _rq(x, mult, shift):
+    """round_half_even(x * mult / 2**shift), int64 scalars, shift >= 1."""
+    return _round_shift(x * mult, shift)
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
@@ -196,92 +204,106 @@ def _mul_f32(a_code, a_scale, b_code, b_scale):
 
 @numba.njit(cache=True, fastmath=False, inline="always")
 def _quant_f32(v, scale, lo, hi):
-    q = np.int64(np.rint(np.float32(v / scale)))
-    return lo if q < lo else (hi if q > hi else q)
+    """Brevitas' IntQuant of float32 ``v``: clamp(round_half_even(v / scale)) as an int32 code.
+
+    Clamping the rounded float before converting is the same as clamping the integer
+    (``lo``, ``hi`` are exact in float32) and keeps the loop in 32-bit SIMD lanes."""
+    q = np.rint(np.float32(v / scale))
+    return np.int32(np.float32(lo) if q < lo else (np.float32(hi) if q > hi else q))
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _gate_codes(weight, z, bias, gate_mult, gate_shift, g_lo, g_hi, gate):
-    """gate[b, r] = row r's gate code minus g_lo for every batch row b.
+def _gate_acts(acc, b, bias, gate_mult, gate_shift, gate_luts, g_lo, g_hi, gate, act):
+    """act[k, j] = activation code of gate k, unit j, from batch row b's int32 accumulators.
 
-    Rows outside, batch inside: one weight row (<= 1 KB) serves the whole batch from L1.
+    Two loops: the requantization vectorises (``acc + bias`` is int32 by the accumulator
+    bound, ``mult`` is int32, so each product is one 32 x 32 -> 64-bit multiply); the lookups
+    do not, and would stop it if they shared its loop.
     """
-    for r in range(weight.shape[0]):
-        for b in range(z.shape[0]):
-            acc = np.int32(0)
-            for k in range(z.shape[1]):
-                # the int32 truncations keep the SIMD lanes 32-bit (LLVM emits vpmaddwd);
-                # layer_arrays' bound check guarantees that nothing is truncated
-                acc = np.int32(acc + np.int32(weight[r, k] * z[b, k]))
-            g = _rq(np.int64(acc) + bias[r], gate_mult[r], gate_shift[r])
-            gate[b, r] = _clamp(g, g_lo, g_hi) - g_lo
+    hidden = act.shape[1]
+    for r in range(gate.shape[0]):
+        y = np.int64(np.int32(acc[b, r] + bias[r])) * np.int64(gate_mult[r])
+        gate[r] = np.int32(_clamp(_round_shift(y, gate_shift[r]), g_lo, g_hi) - g_lo)
+    for k in range(4):
+        lut = gate_luts[k]
+        for j in range(hidden):
+            act[k, j] = lut[np.uint32(gate[k * hidden + j])]  # unsigned: no negative-index wraparound
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _cell_fixed_nb(gate, gate_luts, tanh_lut, params, h, c, b, act):
+def _cell_fixed_nb(act, tanh_lut, params, h, c, b):
     """Cell and hidden update of batch row b with fixed-point requantization (exact for po2).
 
-    Lookups and arithmetic sit in separate loops so that LLVM vectorises the arithmetic;
-    ``act`` is (5, H) int64 scratch.
+    ``act`` holds the gate activations (rows 0-3) and gets tanh(c) indices then codes (row
+    4); lookups and arithmetic sit in separate loops so that LLVM vectorises the arithmetic.
     """
     hidden = h.shape[1]
     c_lo, c_hi, io_lo, io_hi = params[2], params[3], params[4], params[5]
     for j in range(hidden):
-        for k in range(4):
-            act[k, j] = gate_luts[k, gate[b, k * hidden + j]]
-    for j in range(hidden):
-        fc = _clamp(_rq(act[1, j] * c[b, j], params[6], params[7]), c_lo, c_hi)
-        ic = _clamp(_rq(act[0, j] * act[2, j], params[8], params[9]), c_lo, c_hi)
+        fc = _clamp(_rq(np.int64(act[1, j]) * c[b, j], params[6], params[7]), c_lo, c_hi)
+        ic = _clamp(_rq(np.int64(act[0, j]) * act[2, j], params[8], params[9]), c_lo, c_hi)
         c_new = _clamp(fc + ic, c_lo, c_hi)
         c[b, j] = c_new
         act[4, j] = c_new - c_lo
     for j in range(hidden):
         act[4, j] = tanh_lut[act[4, j]]
     for j in range(hidden):
-        h[b, j] = _clamp(_rq(act[3, j] * act[4, j], params[10], params[11]), io_lo, io_hi)
+        h[b, j] = _clamp(_rq(np.int64(act[3, j]) * act[4, j], params[10], params[11]), io_lo, io_hi)
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _cell_float32_nb(gate, gate_luts, tanh_lut, params, fscales, h, c, b):
+def _cell_float32_nb(act, tanh_lut, params, fscales, h, c, b):
     """Cell and hidden update of batch row b in Brevitas' float32 operations (float scales)."""
     hidden = h.shape[1]
     c_lo, c_hi, io_lo, io_hi = params[2], params[3], params[4], params[5]
-    s_c = fscales[5]
+    s_i, s_f, s_g, s_o, s_t, s_c, s_io = fscales[0], fscales[1], fscales[2], fscales[3], fscales[4], fscales[5], fscales[6]
     for j in range(hidden):
-        i_ = gate_luts[0, gate[b, j]]
-        f_ = gate_luts[1, gate[b, hidden + j]]
-        g_ = gate_luts[2, gate[b, 2 * hidden + j]]
-        o_ = gate_luts[3, gate[b, 3 * hidden + j]]
-        fc = _quant_f32(_mul_f32(f_, fscales[1], c[b, j], s_c), s_c, c_lo, c_hi)
-        ic = _quant_f32(_mul_f32(i_, fscales[0], g_, fscales[2]), s_c, c_lo, c_hi)
+        fc = _quant_f32(_mul_f32(act[1, j], s_f, c[b, j], s_c), s_c, c_lo, c_hi)
+        ic = _quant_f32(_mul_f32(act[0, j], s_i, act[2, j], s_g), s_c, c_lo, c_hi)
         c_new = _quant_f32(np.float32(np.float32(fc) * s_c) + np.float32(np.float32(ic) * s_c), s_c, c_lo, c_hi)
         c[b, j] = c_new
-        h[b, j] = _quant_f32(_mul_f32(o_, fscales[3], tanh_lut[c_new - c_lo], fscales[4]), fscales[6], io_lo, io_hi)
+        act[4, j] = c_new - c_lo
+    for j in range(hidden):
+        act[4, j] = tanh_lut[act[4, j]]
+    for j in range(hidden):
+        h[b, j] = _quant_f32(_mul_f32(act[3, j], s_o, act[4, j], s_t), s_io, io_lo, io_hi)
 
 
 @numba.njit(cache=True, fastmath=False)
-def lstm_layer_numba(weight, bias, gate_mult, gate_shift, gate_luts, tanh_lut, params, fscales, x, h, c):
-    """Same contract as :func:`lstm_layer_ref`; ``x`` (B, T, F) int16, ``h``/``c`` (B, H) int64."""
+def lstm_layer_numba(blocks, bias, gate_mult, gate_shift, gate_luts, tanh_lut, params, fscales, x, h, c):
+    """Same contract as :func:`lstm_layer_ref` (codes returned as int16); ``blocks`` is
+    :attr:`LayerArrays.blocks`, ``x`` (B, T, F) int16, ``h``/``c`` (B, H) int64."""
     batch, steps, n_in = x.shape
-    rows, k_total = weight.shape
-    hidden = rows // 4
+    hidden = h.shape[1]
     float32_cell = params[12] != 0
-    out = np.empty((batch, steps, hidden), dtype=np.int64)
-    z = np.zeros((batch, k_total), dtype=np.int16)  # [x_t, h_{t-1}, zero padding] io codes per row
-    gate = np.empty((batch, rows), dtype=np.int32)
-    act = np.empty((5, hidden), dtype=np.int64)  # activation codes i, f, g, o and tanh(c) of one row
+    out = np.empty((batch, steps, hidden), dtype=np.int16)
+    z = np.zeros((batch, 2 * blocks.shape[1]), dtype=np.int16)  # [x_t, h_{t-1}, zero padding] per row
+    acc = np.empty((batch, blocks.shape[0] * blocks.shape[2]), dtype=np.int32)  # rows padded to whole blocks
+    gate = np.empty(4 * hidden, dtype=np.int32)  # gate codes minus gate_min of one row
+    act = np.empty((5, hidden), dtype=np.int32)  # activation codes i, f, g, o and tanh(c) of one row
     for t in range(steps):
         for b in range(batch):
             for k in range(n_in):
                 z[b, k] = x[b, t, k]
             for k in range(hidden):
                 z[b, n_in + k] = h[b, k]
-        _gate_codes(weight, z, bias, gate_mult, gate_shift, params[0], params[1], gate)
+        gate_dot(blocks, z, acc)
         for b in range(batch):
+            _gate_acts(acc, b, bias, gate_mult, gate_shift, gate_luts, params[0], params[1], gate, act)
             if float32_cell:
-                _cell_float32_nb(gate, gate_luts, tanh_lut, params, fscales, h, c, b)
+                _cell_float32_nb(act, tanh_lut, params, fscales, h, c, b)
             else:
-                _cell_fixed_nb(gate, gate_luts, tanh_lut, params, h, c, b, act)
+                _cell_fixed_nb(act, tanh_lut, params, h, c, b)
             for j in range(hidden):
                 out[b, t, j] = h[b, j]
     return out
+
+
+def kernel_args(a: LayerArrays) -> tuple[np.ndarray, ...]:
+    """The leading arguments of :func:`lstm_layer_numba` (all but ``x, h, c``)."""
+    return a.blocks, a.bias, a.gate_mult, a.gate_shift, a.gate_luts, a.tanh_lut, a.params, a.fscales
+
+
+def run_layer_numba(a: LayerArrays, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """:func:`lstm_layer_numba` on the arrays of :func:`layer_arrays`: (B, T, F) int16 codes -> (B, T, H) int16."""
+    return lstm_layer_numba(*kernel_args(a), x, h, c)

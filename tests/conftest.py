@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """pytest-benchmark's machine_info, extended by library versions, ISA, cores and the commit."""
+    from kernels.simd import compiled_isa
     from qbench.provenance import git_commit, library_versions, machine_info as qbench_machine
 
     import torch
@@ -15,5 +16,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "isa": info["isa"],
         "usable_cores": info["usable_cores"],
         "torch_threads": torch.get_num_threads(),
+        "kernel_isa": compiled_isa(),  # the instruction set of kernels.simd.gate_dot
         "git": git_commit(),
     }

@@ -1,0 +1,200 @@
+"""The gate matrix-vector product of the LSTM kernel, written as explicit SIMD.
+
+``gate_dot(blocks, z, acc)`` computes ``acc[b, r] = sum_k W[r, k] * z[b, k]`` exactly in
+int32 for every batch row ``b`` and gate row ``r``. It is a Numba intrinsic: its body is
+LLVM IR emitted here, because LLVM's loop vectoriser does not find the good loop on its own
+(it reduces each row with 128-bit ``pmaddwd`` and a horizontal sum per row, about 20 GMAC/s
+on a 2.1 GHz Sapphire Rapids core; this loop does about 60).
+
+Weight layout (:func:`block_weights`): rows in blocks of ``ROWS_PER_BLOCK`` = 64, inputs in
+pairs, ``blocks[n, p, j, 0:2] = W[64 n + j, 2 p : 2 p + 2]`` as int8 codes (zero padded to
+whole blocks and pairs). One step of the inner loop loads the 64 rows x 2 inputs of a block
+(128 bytes, contiguous), sign-extends them to int16 and multiplies them, pair-wise summed,
+with the broadcast input pair ``(z[2p], z[2p+1])``: that is x86's ``pmaddwd``, which adds the
+two int16 x int16 products of each int32 lane. No horizontal sums: lane ``j`` of the
+accumulators is row ``64 n + j``. Exactness: each product and pair sum fits int32
+(``|w| <= 128``, ``|z| <= 2**15``) and the caller bounds the whole sum below 2**31
+(:func:`kernels.lstm.layer_arrays`), so any summation order gives the same int32.
+
+Instruction sets, chosen when Numba compiles (from the CPU it targets; Numba's cache is keyed
+by that CPU, so a cached binary never runs on the wrong one):
+
+* ``avx512``: 4 accumulators of 16 lanes per batch row and 4 batch rows per weight load
+  (``llvm.x86.avx512.pmaddw.d.512``; LLVM fuses it with the add into ``vpdpwssd`` on VNNI).
+* ``avx2``: 8 accumulators of 8 lanes, one batch row at a time (``llvm.x86.avx2.pmadd.wd``).
+* ``generic``: the same arithmetic in portable LLVM vector IR (sign extension, 32-bit
+  multiply, add), which every LLVM target lowers (AArch64 NEON included); slower on x86.
+
+``QBENCH_KERNEL_ISA=generic`` (or ``avx2``) forces a narrower set, for tests and comparisons;
+it is read at compile time, so pair it with a fresh ``NUMBA_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+__all__ = ["ISA_ENV", "ROWS_PER_BLOCK", "block_weights", "compiled_isa", "gate_dot", "target_isa", "unblock_weights"]
+
+ROWS_PER_BLOCK = 64
+ISA_ENV = "QBENCH_KERNEL_ISA"
+_ISAS = ("generic", "avx2", "avx512")  # narrowest first
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+def block_weights(weight: np.ndarray) -> np.ndarray:
+    """(R, K) int8 codes -> (ceil(R/64), ceil(K/2), 64, 2) int8 blocks (layout above)."""
+    rows, k = weight.shape
+    rows_pad = -(-rows // ROWS_PER_BLOCK) * ROWS_PER_BLOCK
+    padded = np.zeros((rows_pad, k + k % 2), dtype=np.int8)
+    padded[:rows, :k] = weight
+    blocks = padded.reshape(rows_pad // ROWS_PER_BLOCK, ROWS_PER_BLOCK, -1, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(blocks)
+
+
+def unblock_weights(blocks: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`block_weights`, padding included: (64 n, 2 p) int8 codes."""
+    n_blocks, n_pairs = blocks.shape[:2]
+    return blocks.transpose(0, 2, 1, 3).reshape(n_blocks * ROWS_PER_BLOCK, 2 * n_pairs)
+
+
+def target_isa(features: str) -> str:
+    """The instruction set :func:`gate_dot` uses for an LLVM feature string ("+avx2,+avx512bw,...")."""
+    flags = set(features.split(","))
+    best = "avx512" if "+avx512bw" in flags else ("avx2" if "+avx2" in flags else "generic")
+    forced = os.environ.get(ISA_ENV, "").strip().lower()
+    if forced:
+        if forced not in _ISAS:
+            raise ValueError(f"{ISA_ENV}={forced!r}: expected one of {', '.join(_ISAS)}")
+        if _ISAS.index(forced) < _ISAS.index(best):
+            return forced
+    return best
+
+
+def _codegen_features(context) -> str:
+    """The LLVM feature string Numba compiles for (its CPU, or NUMBA_CPU_FEATURES)."""
+    return getattr(context.codegen(), "_tm_features", "")  # Numba keeps it private; "" means generic
+
+
+def compiled_isa() -> str:
+    """The instruction set :func:`gate_dot` compiles to in this process (for benchmark records)."""
+    from numba.core.registry import cpu_target
+
+    return target_isa(_codegen_features(cpu_target.target_context))
+
+
+class _Plan:
+    """Vector shape of one instruction set: lanes per accumulator, batch rows per weight load."""
+
+    def __init__(self, isa: str) -> None:
+        self.isa = isa
+        self.lanes = 16 if isa != "avx2" else 8
+        self.n_acc = ROWS_PER_BLOCK // self.lanes  # accumulators per batch row
+        self.batch_tile = 4 if isa == "avx512" else 1
+
+    def vec(self, t: ir.IntType, scale: int = 1) -> ir.VectorType:
+        return ir.VectorType(t, self.lanes * scale)
+
+
+def _pair_madd(builder: ir.IRBuilder, plan: _Plan, w: ir.Value, z: ir.Value) -> ir.Value:
+    """<2L x i16> w, z -> <L x i32>: lane j = w[2j] * z[2j] + w[2j+1] * z[2j+1]."""
+    if plan.isa != "generic":
+        name = "llvm.x86.avx512.pmaddw.d.512" if plan.isa == "avx512" else "llvm.x86.avx2.pmadd.wd"
+        fnty = ir.FunctionType(plan.vec(_I32), [plan.vec(_I16, 2), plan.vec(_I16, 2)])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), [w, z])
+    even = ir.Constant(plan.vec(_I32), [2 * j for j in range(plan.lanes)])
+    odd = ir.Constant(plan.vec(_I32), [2 * j + 1 for j in range(plan.lanes)])
+    halves = []
+    for sel in (even, odd):
+        a = builder.sext(builder.shuffle_vector(w, w, sel), plan.vec(_I32))
+        b = builder.sext(builder.shuffle_vector(z, z, sel), plan.vec(_I32))
+        halves.append(builder.mul(a, b))
+    return builder.add(*halves)
+
+
+def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_pairs, b0, z_stride, acc_stride):
+    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums."""
+    accs = [[cgutils.alloca_once(builder, plan.vec(_I32)) for _ in range(plan.n_acc)] for _ in range(tile)]
+    for row in accs:
+        for a in row:
+            builder.store(ir.Constant(plan.vec(_I32), None), a)
+    splat = ir.Constant(plan.vec(_I32), [0] * plan.lanes)
+    block_base = builder.mul(block, builder.mul(n_pairs, ir.Constant(_I64, 2 * ROWS_PER_BLOCK)))
+    with cgutils.for_range(builder, n_pairs) as pair:
+        w_at = builder.add(block_base, builder.mul(pair.index, ir.Constant(_I64, 2 * ROWS_PER_BLOCK)))
+        weights = []
+        for j in range(plan.n_acc):
+            p = builder.gep(w_ptr, [builder.add(w_at, ir.Constant(_I64, 2 * plan.lanes * j))])
+            w = builder.load(builder.bitcast(p, plan.vec(_I8, 2).as_pointer()), align=1)
+            weights.append(builder.sext(w, plan.vec(_I16, 2)))
+        for t in range(tile):
+            z_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), z_stride), pair.index)
+            zp = builder.load(builder.gep(z_ptr, [z_at]), align=2)  # the pair as one i32
+            zv = builder.insert_element(ir.Constant(plan.vec(_I32), ir.Undefined), zp, ir.Constant(_I32, 0))
+            zv = builder.bitcast(builder.shuffle_vector(zv, zv, splat), plan.vec(_I16, 2))
+            for j, a in enumerate(accs[t]):
+                builder.store(builder.add(builder.load(a), _pair_madd(builder, plan, weights[j], zv)), a)
+    for t, row in enumerate(accs):
+        row_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), acc_stride),
+                             builder.mul(block, ir.Constant(_I64, ROWS_PER_BLOCK)))
+        for j, a in enumerate(row):
+            p = builder.gep(acc_ptr, [builder.add(row_at, ir.Constant(_I64, plan.lanes * j))])
+            builder.store(builder.load(a), builder.bitcast(p, plan.vec(_I32).as_pointer()), align=4)
+
+
+def gate_dot(blocks: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
+    """``acc[b, r] = sum_k W[r, k] z[b, k]`` in int32: ``blocks`` from :func:`block_weights`,
+    ``z`` (B, 2P) int16 with P = blocks.shape[1], ``acc`` (B, 64 * blocks.shape[0]) int32, both
+    C-contiguous. In Python (a kernel's ``.py_func``) this NumPy version runs; compiled code
+    gets the SIMD intrinsic below."""
+    acc[:] = (z.astype(np.int64) @ unblock_weights(blocks).T.astype(np.int64)).astype(np.int32)
+
+
+@overload(gate_dot, inline="always")
+def _gate_dot_overload(blocks, z, acc):
+    def impl(blocks, z, acc):
+        _gate_dot_simd(blocks, z, acc)
+    return impl
+
+
+@intrinsic
+def _gate_dot_simd(typingctx, blocks, z, acc):
+    """The compiled :func:`gate_dot`."""
+    if not (isinstance(blocks, types.Array) and blocks.dtype == types.int8 and blocks.ndim == 4
+            and isinstance(z, types.Array) and z.dtype == types.int16 and z.ndim == 2
+            and isinstance(acc, types.Array) and acc.dtype == types.int32 and acc.ndim == 2):
+        return None
+    if not (blocks.layout == z.layout == acc.layout == "C"):
+        return None
+    sig = types.void(blocks, z, acc)
+
+    def codegen(context, builder, signature, args):
+        plan = _Plan(target_isa(_codegen_features(context)))
+        w_arr, z_arr, acc_arr = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args, args))
+        n_blocks, n_pairs = cgutils.unpack_tuple(builder, w_arr.shape, 4)[:2]
+        batch, z_len = cgutils.unpack_tuple(builder, z_arr.shape, 2)
+        acc_stride = cgutils.unpack_tuple(builder, acc_arr.shape, 2)[1]
+        z_stride = builder.udiv(z_len, ir.Constant(_I64, 2))  # in pairs
+        w_ptr = builder.bitcast(w_arr.data, _I8.as_pointer())
+        z_ptr = builder.bitcast(z_arr.data, _I32.as_pointer())
+        acc_ptr = builder.bitcast(acc_arr.data, _I32.as_pointer())
+        tile = ir.Constant(_I64, plan.batch_tile)
+        n_tiles = builder.udiv(batch, tile)
+        with cgutils.for_range(builder, n_blocks) as block:
+            with cgutils.for_range(builder, n_tiles) as bt:
+                b0 = builder.mul(bt.index, tile)
+                _emit_tile(builder, plan, plan.batch_tile, w_ptr, z_ptr, acc_ptr, block.index, n_pairs, b0,
+                           z_stride, acc_stride)
+            if plan.batch_tile > 1:
+                with cgutils.for_range_slice(builder, builder.mul(n_tiles, tile), batch, ir.Constant(_I64, 1)) as (b, _):
+                    _emit_tile(builder, plan, 1, w_ptr, z_ptr, acc_ptr, block.index, n_pairs, b,
+                               z_stride, acc_stride)
+        return context.get_dummy_value()
+
+    return sig, codegen
