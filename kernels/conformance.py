@@ -15,7 +15,7 @@ from brevitas.nn import QuantLinear, QuantLSTM
 from kernels.engine import IntLSTMEngine, KernelBackend
 from kernels.model import IntLSTMModel
 
-__all__ = ["agreement", "brevitas_codes", "step_agreement"]
+__all__ = ["agreement", "brevitas_codes", "class_agreement", "step_agreement"]
 
 
 @torch.no_grad()
@@ -96,8 +96,8 @@ def agreement(
 
     Returns ``hidden_code_agreement`` (fraction of identical top-layer hidden codes, free
     running), ``step_code_agreement`` (every layer, each step started from Brevitas' own
-    state: see :func:`step_agreement`), ``hidden_max_code_diff`` and, with a head,
-    ``class_agreement`` (fraction of identical argmax predictions) and ``logit_max_abs_diff``.
+    state: see :func:`step_agreement`), ``hidden_max_code_diff`` and, with a head, the
+    predicted-class figures of :func:`class_agreement` and ``logit_max_abs_diff``.
     """
     quant_lstm.eval()
     h_ref, c_ref = _brevitas_states(int_model, quant_lstm, x)
@@ -117,6 +117,25 @@ def agreement(
             seq = torch.from_numpy(ref_hidden.astype(np.float32)) * torch.as_tensor(int_model.io_quant.scale)
             ref_logits = head(seq.mean(dim=1) if int_model.pooling == "mean" else seq[:, -1]).numpy()
     if ref_logits is not None and out.logits is not None:
-        result["class_agreement"] = float(np.mean(out.logits.argmax(1) == ref_logits.argmax(1)))
+        result.update(class_agreement(out.logits, ref_logits))
         result["logit_max_abs_diff"] = float(np.abs(out.logits - ref_logits).max())
     return result
+
+
+def class_agreement(engine_logits: np.ndarray, ref_logits: np.ndarray) -> dict[str, float]:
+    """Predicted-class agreement of (N, C) engine logits with the reference's.
+
+    ``class_agreement``: identical argmax. ``class_ties``: clips whose top engine logits are
+    exactly equal (equal integer accumulators: the classes tie in the integer arithmetic, and
+    the engine's argmax takes the first). Brevitas' float32 head breaks such a tie by rounding,
+    so ``class_agreement_up_to_ties`` also counts a clip whose reference class is one of the
+    engine's exactly tied top classes.
+    """
+    top = engine_logits.max(axis=1)
+    ref_class = ref_logits.argmax(axis=1)
+    engine_value_of_ref = engine_logits[np.arange(len(ref_class)), ref_class]
+    return {
+        "class_agreement": float(np.mean(engine_logits.argmax(axis=1) == ref_class)),
+        "class_ties": float(np.sum((engine_logits == top[:, None]).sum(axis=1) > 1)),
+        "class_agreement_up_to_ties": float(np.mean(engine_value_of_ref == top)),
+    }

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("qbench", "torch", "brevitas", "onnx", "onnxruntime", "openvino", "numba", "numpy")
+LIBRARIES = ("qbench", "torch", "brevitas", "onnx", "onnxruntime", "openvino", "numba", "llvmlite", "numpy")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -116,6 +116,16 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
     return _md_table(header, body)
 
 
+def _top1(agreement: dict[str, Any]) -> str:
+    """Top-1 agreement; for the integer engine, with the clips whose top logits tie exactly."""
+    text = _num(agreement.get("top1", float("nan")), ".2f", 100)
+    ties = agreement.get("class_ties")
+    if ties:
+        up_to = _num(agreement.get("class_agreement_up_to_ties", float("nan")), ".2f", 100)
+        text += f" ({up_to} counting {ties:.0f} exact ties)"
+    return text
+
+
 def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str) -> list[str]:
     agreement = r.get("agreement") or {}
     status = r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80]
@@ -123,7 +133,7 @@ def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency
         r.get("model", "?"), r.get("precision", "?"), r.get("distill", "?"), backend, status,
         _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
         _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
-        _num(agreement.get("top1", float("nan")), ".2f", 100),
+        _top1(agreement),
         _num(agreement.get("hidden_code_agreement", float("nan")), ".3f", 100),
         *[_latency({"latency": r.get(latency_field)}, k) for k in keys],
     ]

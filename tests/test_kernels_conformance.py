@@ -13,6 +13,7 @@ from brevitas.nn import QuantLinear, QuantLSTM
 from torch import nn
 
 from kernels import IntLSTMEngine, UnsupportedQuantizer, agreement, brevitas_codes, extract_lstm, step_agreement
+from kernels.conformance import class_agreement
 from qbench.quant.config import BIT_WIDTHS, QuantConfig
 from qbench.quant.lstm import quant_lstm_from
 from qbench.quant.quantizers import act_quant, bias_quant, weight_quant
@@ -111,6 +112,15 @@ def test_float_scales_agree(bits: int) -> None:
     assert result["step_code_agreement"] >= FLOAT_SCALE_MIN_STEP_AGREEMENT
     assert result["hidden_code_agreement"] >= FLOAT_SCALE_MIN_AGREEMENT
     assert result["class_agreement"] == 1.0
+
+
+def test_class_agreement_counts_exact_integer_ties_separately() -> None:
+    engine = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 0.0, 0.0], [0.5, 0.5, 0.5]], np.float32)
+    ref = np.array([[0.9, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.5]], np.float32)
+    result = class_agreement(engine, ref)
+    assert result["class_agreement"] == 0.25  # only clip 1 has the same argmax
+    assert result["class_ties"] == 2.0  # clips 0 and 3 tie exactly in the engine
+    assert result["class_agreement_up_to_ties"] == 0.75  # clip 2 is a real disagreement
 
 
 @pytest.mark.parametrize("rounding", ["floor", "round_to_zero"])

@@ -107,3 +107,12 @@ def test_summary_pivots_error_by_method_and_distillation():
     header, _, row = summary_table(recs).splitlines()
     assert header.split(" | ")[2:6] == ["ptq kd error %", "qat none error %", "qat kd error %", "qat tkd error %"]
     assert row.split(" | ")[2:6] == ["50.0", "40.0", "30.0", "failed"]  # the onnxruntime record is not PyTorch
+
+
+def test_top1_cell_names_exact_ties_of_the_engine() -> None:
+    from qbench.report import _top1
+
+    assert _top1({"top1": 0.99}) == "99.00"
+    engine = {"top1": 298 / 300, "class_ties": 2.0, "class_agreement_up_to_ties": 1.0}
+    assert _top1(engine) == "99.33 (100.00 counting 2 exact ties)"
+    assert _top1({"top1": 1.0, "class_ties": 0.0, "class_agreement_up_to_ties": 1.0}) == "100.00"
