@@ -87,8 +87,12 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def git_commit(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The commit qbench runs from and whether the work tree had uncommitted changes."""
+def git_commit(root: Path = REPO_ROOT, *, ignore: Path | None = None) -> dict[str, Any]:
+    """The commit qbench runs from and whether the work tree had uncommitted changes.
+
+    ``ignore``: a folder whose changes do not count (a sweep's own output folder, which a
+    resumed or ``--fresh`` run has already changed when it asks).
+    """
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
@@ -97,7 +101,13 @@ def git_commit(root: Path = REPO_ROOT) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    pathspec = []
+    if ignore is not None:
+        try:
+            pathspec = ["--", ".", f":(exclude){Path(ignore).resolve().relative_to(Path(root).resolve())}"]
+        except ValueError:  # outside the work tree: nothing to exclude
+            pathspec = []
+    status = git("status", "--porcelain", "--untracked-files=no", *pathspec)
     return {"commit": sha, "dirty": bool(status) if status is not None else None}
 
 
@@ -105,13 +115,13 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def provenance() -> dict[str, Any]:
-    """Everything a results document needs to say where it came from."""
+def provenance(*, ignore: Path | None = None) -> dict[str, Any]:
+    """Everything a results document needs to say where it came from (``ignore``: see :func:`git_commit`)."""
     info = machine_info()
     return {
         "machine": info,
         "machine_id": machine_id(info),
         "versions": library_versions(),
-        "git": git_commit(),
+        "git": git_commit(ignore=ignore),
         "utc": utc_now(),
     }

@@ -116,3 +116,25 @@ def test_top1_cell_names_exact_ties_of_the_engine() -> None:
     engine = {"top1": 298 / 300, "class_ties": 2.0, "class_agreement_up_to_ties": 1.0}
     assert _top1(engine) == "99.33 (100.00 counting 2 exact ties)"
     assert _top1({"top1": 1.0, "class_ties": 0.0, "class_agreement_up_to_ties": 1.0}) == "100.00"
+
+
+def test_git_dirty_ignores_the_output_folder(tmp_path) -> None:
+    import subprocess
+
+    from qbench.provenance import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sweep.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "out" / "sweep.json").unlink()  # what --fresh does before the run asks
+    assert git_commit(tmp_path)["dirty"] is True
+    assert git_commit(tmp_path, ignore=tmp_path / "out")["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, ignore=tmp_path / "out")["dirty"] is True

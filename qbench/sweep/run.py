@@ -87,7 +87,7 @@ def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: 
     """Measure every planned point not already finished in ``out_dir``; return the document."""
     from tqdm import tqdm
 
-    prov = provenance()
+    prov = provenance(ignore=Path(out_dir))
     doc = open_document(Path(out_dir) / RESULTS_FILE, cfg, prov)
     if not doc.path.exists():
         doc.save()
