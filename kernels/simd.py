@@ -97,33 +97,43 @@ class _Plan:
         self.lanes = 16 if isa != "avx2" else 8
         self.n_acc = ROWS_PER_BLOCK // self.lanes  # accumulators per batch row
         self.batch_tile = 4 if isa == "avx512" else 1
+        # generic: accumulate the two products of a pair in separate lanes (<2L x i32>) and add
+        # them once per block at the end, instead of deinterleaving with shuffles every step
+        self.paired = isa != "generic"
+        self.acc_type = self.vec(_I32) if self.paired else self.vec(_I32, 2)
 
     def vec(self, t: ir.IntType, scale: int = 1) -> ir.VectorType:
         return ir.VectorType(t, self.lanes * scale)
 
 
-def _pair_madd(builder: ir.IRBuilder, plan: _Plan, w: ir.Value, z: ir.Value) -> ir.Value:
-    """<2L x i16> w, z -> <L x i32>: lane j = w[2j] * z[2j] + w[2j+1] * z[2j+1]."""
-    if plan.isa != "generic":
+def _madd(builder: ir.IRBuilder, plan: _Plan, w: ir.Value, z: ir.Value) -> ir.Value:
+    """<2L x i16> w, z -> one accumulator's increment.
+
+    x86: <L x i32>, lane j = w[2j] * z[2j] + w[2j+1] * z[2j+1] (``pmaddwd``). Generic:
+    <2L x i32> of the products themselves; :func:`_pair_sums` adds the pairs at the end.
+    """
+    if plan.paired:
         name = "llvm.x86.avx512.pmaddw.d.512" if plan.isa == "avx512" else "llvm.x86.avx2.pmadd.wd"
         fnty = ir.FunctionType(plan.vec(_I32), [plan.vec(_I16, 2), plan.vec(_I16, 2)])
         return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), [w, z])
+    return builder.mul(builder.sext(w, plan.acc_type), builder.sext(z, plan.acc_type))
+
+
+def _pair_sums(builder: ir.IRBuilder, plan: _Plan, acc: ir.Value) -> ir.Value:
+    """An accumulator -> <L x i32> row sums (the generic accumulator adds its lane pairs)."""
+    if plan.paired:
+        return acc
     even = ir.Constant(plan.vec(_I32), [2 * j for j in range(plan.lanes)])
     odd = ir.Constant(plan.vec(_I32), [2 * j + 1 for j in range(plan.lanes)])
-    halves = []
-    for sel in (even, odd):
-        a = builder.sext(builder.shuffle_vector(w, w, sel), plan.vec(_I32))
-        b = builder.sext(builder.shuffle_vector(z, z, sel), plan.vec(_I32))
-        halves.append(builder.mul(a, b))
-    return builder.add(*halves)
+    return builder.add(builder.shuffle_vector(acc, acc, even), builder.shuffle_vector(acc, acc, odd))
 
 
 def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_pairs, b0, z_stride, acc_stride):
     """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums."""
-    accs = [[cgutils.alloca_once(builder, plan.vec(_I32)) for _ in range(plan.n_acc)] for _ in range(tile)]
+    accs = [[cgutils.alloca_once(builder, plan.acc_type) for _ in range(plan.n_acc)] for _ in range(tile)]
     for row in accs:
         for a in row:
-            builder.store(ir.Constant(plan.vec(_I32), None), a)
+            builder.store(ir.Constant(plan.acc_type, None), a)
     splat = ir.Constant(plan.vec(_I32), [0] * plan.lanes)
     block_base = builder.mul(block, builder.mul(n_pairs, ir.Constant(_I64, 2 * ROWS_PER_BLOCK)))
     with cgutils.for_range(builder, n_pairs) as pair:
@@ -139,13 +149,14 @@ def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_
             zv = builder.insert_element(ir.Constant(plan.vec(_I32), ir.Undefined), zp, ir.Constant(_I32, 0))
             zv = builder.bitcast(builder.shuffle_vector(zv, zv, splat), plan.vec(_I16, 2))
             for j, a in enumerate(accs[t]):
-                builder.store(builder.add(builder.load(a), _pair_madd(builder, plan, weights[j], zv)), a)
+                builder.store(builder.add(builder.load(a), _madd(builder, plan, weights[j], zv)), a)
     for t, row in enumerate(accs):
         row_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), acc_stride),
                              builder.mul(block, ir.Constant(_I64, ROWS_PER_BLOCK)))
         for j, a in enumerate(row):
             p = builder.gep(acc_ptr, [builder.add(row_at, ir.Constant(_I64, plan.lanes * j))])
-            builder.store(builder.load(a), builder.bitcast(p, plan.vec(_I32).as_pointer()), align=4)
+            sums = _pair_sums(builder, plan, builder.load(a))
+            builder.store(sums, builder.bitcast(p, plan.vec(_I32).as_pointer()), align=4)
 
 
 def gate_dot(blocks: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
