@@ -23,7 +23,8 @@ by that CPU, so a cached binary never runs on the wrong one):
   (``llvm.x86.avx512.pmaddw.d.512``; LLVM fuses it with the add into ``vpdpwssd`` on VNNI).
 * ``avx2``: 8 accumulators of 8 lanes, one batch row at a time (``llvm.x86.avx2.pmadd.wd``).
 * ``generic``: the same arithmetic in portable LLVM vector IR (sign extension, 32-bit
-  multiply, add), which every LLVM target lowers (AArch64 NEON included); slower on x86.
+  multiply, add; the two products of a pair kept in neighbouring lanes and added once per
+  block), which every LLVM target lowers (AArch64 NEON included); level with PyTorch on x86.
 
 ``QBENCH_KERNEL_ISA=generic`` (or ``avx2``) forces a narrower set, for tests and comparisons;
 it is read at compile time, so pair it with a fresh ``NUMBA_CACHE_DIR``.
