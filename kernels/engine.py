@@ -58,7 +58,7 @@ class IntLSTMEngine:
             out = run_layer_numba(self._layers[index], x, h, c)
         else:
             out = lstm_layer_ref(self._layers[index], x, h, c)
-        return out.astype(np.int16)  # io codes: at most 16 bits
+        return out.astype(np.int16, copy=False)  # io codes: at most 16 bits (the Numba kernel's already are)
 
     def step(self, x: np.ndarray, state: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """(B, n, F) io codes -> (B, n, H) int16 top-layer codes; ``state`` advanced in place."""

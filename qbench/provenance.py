@@ -106,7 +106,7 @@ def git_commit(root: Path = REPO_ROOT, *, ignore: Path | None = None) -> dict[st
         try:
             pathspec = ["--", ".", f":(exclude){Path(ignore).resolve().relative_to(Path(root).resolve())}"]
         except ValueError:  # outside the work tree: nothing to exclude
-            pathspec = []
+            pass
     status = git("status", "--porcelain", "--untracked-files=no", *pathspec)
     return {"commit": sha, "dirty": bool(status) if status is not None else None}
 

@@ -26,12 +26,11 @@ def _compiled_gate_dot(blocks, z, acc):
 def _case(rows: int, k: int, batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     w = rng.integers(-128, 128, (rows, k)).astype(np.int8)
+    w[0] = -128  # with z[0] below, the extremes: int8 -128 x int16 -32768 products
     blocks = block_weights(w)
     z = np.zeros((batch, 2 * blocks.shape[1]), np.int16)
     z[:, :k] = rng.integers(-2**15, 2**15, (batch, k))
-    z[0, :k] = -2**15  # the extremes: int8 -128 x int16 -32768 products
-    w[0] = -128
-    blocks = block_weights(w)
+    z[0, :k] = -2**15
     expected = (z[:, :k].astype(np.int64) @ w.T.astype(np.int64)).astype(np.int32)  # int32 wraparound, as the lanes
     return blocks, z, expected
 
