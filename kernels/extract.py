@@ -169,6 +169,8 @@ def extract_lstm(quant_lstm: QuantLSTM, head: QuantLinear | None = None, *, pool
         if layer.io_quant is not first.io_quant or layer.cell.cell_state_quant is not first.cell.cell_state_quant:
             raise UnsupportedQuantizer(f"layer {index}: io and cell-state quantizers must be shared by all layers")
         layers.append(_layer(layer, f"layer{index}", first.io_quant, cell))
+    input_scale = float(getattr(quant_lstm, "input_scale", torch.ones(())))  # QbenchQuantLSTM's fitted range
     return IntLSTMModel(
-        io_quant=io, cell_quant=cell, layers=tuple(layers), head=None if head is None else _head(head), pooling=pooling
+        io_quant=io, cell_quant=cell, layers=tuple(layers), head=None if head is None else _head(head), pooling=pooling,
+        input_scale=input_scale,
     )

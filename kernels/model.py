@@ -88,6 +88,7 @@ class IntLSTMModel:
     layers: tuple[IntLSTMLayer, ...]
     head: IntLinear | None = None  # applied to the pooled top-layer hidden states
     pooling: str = "last"  # what the head sees: "last" hidden state or "mean" over time
+    input_scale: float = 1.0  # float32 divisor of the features before the io quantizer (fitted range)
 
     @property
     def input_size(self) -> int:
@@ -98,9 +99,14 @@ class IntLSTMModel:
         return self.layers[-1].hidden_size
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """(B, T, F) float features -> (B, T, F) int16 io codes, rounded as Brevitas does."""
+        """(B, T, F) float features -> (B, T, F) int16 io codes, rounded as Brevitas does.
+
+        The features are divided by ``input_scale`` first, in float32, as the quantized LSTM
+        divides its input before its io quantizer.
+        """
         q = self.io_quant
-        codes = np.round(np.asarray(x, dtype=np.float32) / np.float32(q.scale))
+        x = np.asarray(x, dtype=np.float32) / np.float32(self.input_scale)
+        codes = np.round(x / np.float32(q.scale))
         return np.clip(codes, q.qmin, q.qmax).astype(np.int16)
 
     def size_breakdown(self) -> dict[str, int]:

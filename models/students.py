@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.frontend import ClipNorm, ClipNormMode
 from models.registry import register_student
 
 
@@ -42,11 +43,13 @@ class LSTMStudent(nn.Module):
     default 4 (40 ms steps, common in keyword spotting) is what makes an epoch take seconds.
     ``input_norm`` puts a BatchNorm1d over mel bins in front of the LSTM: raw log-mel energies
     are offset by several units, which saturates the gates; at inference the BN is a per-mel
-    affine map that folds into the LSTM's input weights.
+    affine map that folds into the LSTM's input weights. ``clip_norm`` first removes each clip's
+    recording level (:mod:`models.frontend`).
     """
 
     def __init__(self, *, n_mels: int, n_frames: int, n_classes: int, hidden: int = 64, layers: int = 1,
-                 pooling: str = "mean", frame_stride: int = 4, input_norm: bool = True, dropout: float = 0.1) -> None:
+                 pooling: str = "mean", frame_stride: int = 4, input_norm: bool = True, dropout: float = 0.1,
+                 clip_norm: ClipNormMode | str = ClipNormMode.CLIP) -> None:
         super().__init__()
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
@@ -54,6 +57,7 @@ class LSTMStudent(nn.Module):
             raise ValueError(f"need 1-2 layers and hidden in 8..512, got layers={layers}, hidden={hidden}")
         if not 1 <= frame_stride <= n_frames:
             raise ValueError(f"frame_stride must be in 1..n_frames={n_frames}, got {frame_stride}")
+        self.clip_norm = ClipNorm(clip_norm)
         self.frame_pool = nn.AvgPool1d(frame_stride) if frame_stride > 1 else None
         self.input_norm = nn.BatchNorm1d(n_mels) if input_norm else None
         self.lstm = nn.LSTM(n_mels, hidden, num_layers=layers, batch_first=True)
@@ -63,7 +67,7 @@ class LSTMStudent(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T // frame_stride, hidden) LSTM outputs (last layer)."""
-        x = x.transpose(1, 2)  # (B, F, T): pool and normalise per mel bin
+        x = self.clip_norm(x).transpose(1, 2)  # (B, F, T): pool and normalise per mel bin
         if self.frame_pool is not None:
             x = self.frame_pool(x)
         if self.input_norm is not None:
@@ -94,7 +98,8 @@ class _FreqPooledCNN(nn.Module):
 
     body: nn.Sequential
 
-    def _init_head(self, channels: int, n_classes: int, dropout: float) -> None:
+    def _init_head(self, channels: int, n_classes: int, dropout: float, clip_norm: ClipNormMode | str) -> None:
+        self.clip_norm = ClipNorm(clip_norm)
         self.freq_pool = nn.AdaptiveAvgPool2d((None, 1))  # keep time, average frequency
         self.time_pool = _MeanOverTime()
         self.dropout = nn.Dropout(dropout)
@@ -102,7 +107,7 @@ class _FreqPooledCNN(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', C): the conv map before global pooling, averaged over frequency."""
-        fmap = self.body(x.unsqueeze(1))  # (B, C, T', F')
+        fmap = self.body(self.clip_norm(x).unsqueeze(1))  # (B, C, T', F')
         return self.freq_pool(fmap).squeeze(3).transpose(1, 2)
 
     def classify(self, feats: Tensor) -> Tensor:
@@ -126,7 +131,7 @@ class DSCNNStudent(_FreqPooledCNN):
 
     def __init__(self, *, n_mels: int, n_frames: int, n_classes: int, channels: int = 64, blocks: int = 4,
                  stem_stride: tuple[int, int] = (4, 4), ds_stride: tuple[int, int] = (2, 1),
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, clip_norm: ClipNormMode | str = ClipNormMode.CLIP) -> None:
         super().__init__()
         layers = _conv_bn_relu(nn.Conv2d(1, channels, (10, 4), stride=tuple(stem_stride), padding=(4, 1), bias=False))
         for i in range(blocks):
@@ -135,7 +140,7 @@ class DSCNNStudent(_FreqPooledCNN):
                                               bias=False))
             layers += _conv_bn_relu(nn.Conv2d(channels, channels, 1, bias=False))
         self.body = nn.Sequential(*layers)
-        self._init_head(channels, n_classes, dropout)
+        self._init_head(channels, n_classes, dropout, clip_norm)
 
 
 @register_student("crnn")
@@ -146,8 +151,9 @@ class CRNNStudent(nn.Module):
     """
 
     def __init__(self, *, n_mels: int, n_frames: int, n_classes: int, channels: int = 16, hidden: int = 64,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, clip_norm: ClipNormMode | str = ClipNormMode.CLIP) -> None:
         super().__init__()
+        self.clip_norm = ClipNorm(clip_norm)
         self.conv = nn.Sequential(
             *_conv_bn_relu(nn.Conv2d(1, channels, 3, stride=2, padding=1, bias=False)),
             *_conv_bn_relu(nn.Conv2d(channels, channels, 3, stride=(2, 4), padding=1, bias=False)),
@@ -160,7 +166,7 @@ class CRNNStudent(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', hidden) LSTM outputs over the conv map's time steps."""
-        fmap = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        fmap = self.conv(self.clip_norm(x).unsqueeze(1))  # (B, C, T', F')
         b, c, t, f = fmap.shape
         out, _ = self.lstm(fmap.permute(0, 2, 1, 3).reshape(b, t, c * f))
         return out

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from models.frontend import ClipNorm, ClipNormMode
 from models.registry import register_teacher
 
 
@@ -65,8 +66,10 @@ class TransformerTeacher(nn.Module):
     """
 
     def __init__(self, *, n_mels: int, n_frames: int, n_classes: int, dim: int = 64, depth: int = 3,
-                 heads: int = 4, mlp: int = 128, patch: int = 8, dropout: float = 0.1) -> None:
+                 heads: int = 4, mlp: int = 128, patch: int = 8, dropout: float = 0.1,
+                 clip_norm: ClipNormMode | str = ClipNormMode.CLIP) -> None:
         super().__init__()
+        self.clip_norm = ClipNorm(clip_norm)
         self.n_tokens = n_frames // patch
         if self.n_tokens < 1:
             raise ValueError(f"n_frames {n_frames} is shorter than one patch of {patch}")
@@ -85,7 +88,7 @@ class TransformerTeacher(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) log-mel -> (B, C) logits."""
-        tokens = self.embed(self.input_norm(x.transpose(1, 2))).transpose(1, 2)  # (B, N-1, dim)
+        tokens = self.embed(self.input_norm(self.clip_norm(x).transpose(1, 2))).transpose(1, 2)  # (B, N-1, dim)
         h = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
         for layer in self.layers:
             h = layer(h)
@@ -121,8 +124,9 @@ class ResNetTeacher(nn.Module):
     """
 
     def __init__(self, *, n_mels: int, n_frames: int, n_classes: int, widths: tuple[int, ...] = (16, 32, 64),
-                 pooling: str = "max", dropout: float = 0.2) -> None:
+                 pooling: str = "max", dropout: float = 0.2, clip_norm: ClipNormMode | str = ClipNormMode.CLIP) -> None:
         super().__init__()
+        self.clip_norm = ClipNorm(clip_norm)
         if pooling not in ("mean", "max"):
             raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
         self.input_norm = nn.BatchNorm1d(n_mels)
@@ -139,6 +143,6 @@ class ResNetTeacher(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) log-mel -> (B, C) logits."""
-        x = self.input_norm(x.transpose(1, 2)).transpose(1, 2)
+        x = self.input_norm(self.clip_norm(x).transpose(1, 2)).transpose(1, 2)
         fmap = self.blocks(self.stem(x.unsqueeze(1)))  # (B, C, T', F')
         return self.head(self.time_pool(self.freq_pool(fmap)))

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from qbench.stats import bootstrap_interval, paired_delta_interval, wilson_interval
+
+MULTILABEL_RESAMPLES = 500  # each resample recomputes every class's AP: 2000 would cost seconds per record
+
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of exact matches. ``y_true``, ``y_pred``: (N,) class indices."""
@@ -105,11 +109,31 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, *, multilabel: bool) -> dic
     Single-label: ``y_true`` (N,) indices, ``scores`` (N, C) logits or probabilities;
     ``error = 1 - accuracy``. Multi-label: ``y_true`` (N, C) multi-hot, ``scores`` (N, C);
     ``error = 1 - mAP``.
+
+    Every result also carries ``n`` (clips scored) and ``ci95``, the 95 % interval of ``error``
+    (:mod:`qbench.stats`: Wilson for single-label, a clip bootstrap for multi-label).
     """
     scores = np.asarray(scores)
+    n = int(len(scores))
     if multilabel:
         m_ap = mean_average_precision(y_true, scores)
-        return {"error": 1.0 - m_ap, "map": m_ap, "eer": mean_eer(y_true, scores)}
+        ci = bootstrap_interval(lambda idx: 1.0 - mean_average_precision(y_true[idx], scores[idx]), n,
+                                resamples=MULTILABEL_RESAMPLES)
+        return {"error": 1.0 - m_ap, "map": m_ap, "eer": mean_eer(y_true, scores), "n": n, "ci95": list(ci)}
     pred = scores.argmax(axis=1)
     acc = accuracy(y_true, pred)
-    return {"error": 1.0 - acc, "accuracy": acc, "macro_f1": macro_f1(y_true, pred)}
+    wrong = int(np.sum(pred != np.asarray(y_true)))
+    return {"error": 1.0 - acc, "accuracy": acc, "macro_f1": macro_f1(y_true, pred), "n": n,
+            "ci95": list(wilson_interval(wrong, n))}
+
+
+def error_change_interval(y_true: np.ndarray, reference: np.ndarray, scores: np.ndarray, *,
+                          multilabel: bool) -> list[float]:
+    """95 % paired interval of ``error(scores) - error(reference)``, both (N, C) on the same clips."""
+    reference, scores = np.asarray(reference), np.asarray(scores)
+    if multilabel:
+        def change(idx: np.ndarray) -> float:
+            return mean_average_precision(y_true[idx], reference[idx]) - mean_average_precision(y_true[idx], scores[idx])
+        return list(bootstrap_interval(change, len(scores), resamples=MULTILABEL_RESAMPLES))
+    y = np.asarray(y_true)
+    return list(paired_delta_interval(reference.argmax(1) != y, scores.argmax(1) != y))

@@ -8,6 +8,7 @@ from torch import nn
 
 import models
 from models import build_student, build_teacher, list_students, list_teachers, model_size
+from models.frontend import ClipNorm, RunningLevel
 from qbench.errors import ConfigError, QbenchError
 
 N_MELS, N_FRAMES, N_CLASSES, BATCH = 40, 101, 7, 3
@@ -15,7 +16,7 @@ N_MELS, N_FRAMES, N_CLASSES, BATCH = 40, 101, 7, 3
 # What qbench.quant can swap or leave alone (ARCHITECTURE.md, models section).
 ALLOWED_STUDENT_MODULES = (
     nn.LSTM, nn.Conv1d, nn.Conv2d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, ClipNorm,
 )
 
 
@@ -102,3 +103,63 @@ def test_model_size_counts_parameters() -> None:
 def test_registering_a_name_twice_fails() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         models.register_student("lstm")(lambda **kw: nn.Identity())
+
+
+# --- per-clip level normalisation (models.frontend) -----------------------------------------
+
+FLOAT32_LEVEL_TOL = 1e-5  # float32 sums of ~300 log-mel frames: a few ulps of values ~10
+
+
+@pytest.mark.parametrize("name", ["lstm", "dscnn", "crnn"])
+def test_students_ignore_the_recording_level(name: str) -> None:
+    """A gain change is an additive log-mel offset: the clip-normalised model does not see it."""
+    model = _student(name).eval()
+    x = torch.randn(BATCH, N_FRAMES, N_MELS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x + 7.5), model(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["transformer", "resnet"])
+def test_teachers_ignore_the_recording_level(name: str) -> None:
+    model = build_teacher(name, n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES).eval()
+    x = torch.randn(BATCH, N_FRAMES, N_MELS)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x - 4.0), model(x), rtol=0, atol=1e-4)
+
+
+def test_clip_mode_removes_the_clip_mean() -> None:
+    x = torch.randn(BATCH, N_FRAMES, N_MELS) * 3 + torch.arange(BATCH).view(-1, 1, 1) * 10.0
+    y = ClipNorm("clip")(x)
+    assert torch.allclose(y.mean(dim=(1, 2)), torch.zeros(BATCH), atol=FLOAT32_LEVEL_TOL)
+    torch.testing.assert_close(x - y, x.mean(dim=(1, 2), keepdim=True).expand_as(x))
+
+
+def test_causal_mode_sees_only_the_past() -> None:
+    """Frame t of the causal output does not change when later frames change."""
+    x = torch.randn(BATCH, N_FRAMES, N_MELS)
+    later = x.clone()
+    later[:, 50:] += 20.0
+    norm = ClipNorm("causal")
+    torch.testing.assert_close(norm(later)[:, :50], norm(x)[:, :50], rtol=0, atol=0)
+    assert not torch.allclose(ClipNorm("clip")(later)[:, :50], ClipNorm("clip")(x)[:, :50])
+    # the last frame of the causal output has seen the whole clip: same offset as clip mode
+    torch.testing.assert_close(norm(x)[:, -1], ClipNorm("clip")(x)[:, -1], atol=FLOAT32_LEVEL_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunks", [[N_FRAMES], [1] * 10 + [N_FRAMES - 10], [7, 33, 61]])
+def test_streaming_level_equals_causal_mode(chunks: list[int]) -> None:
+    """RunningLevel over chunks of a clip == ClipNorm("causal") over the whole clip (batch vs streaming)."""
+    x = torch.randn(BATCH, N_FRAMES, N_MELS) * 2 + 5.0
+    whole = ClipNorm("causal")(x).numpy()
+    state, start, pieces = RunningLevel(), 0, []
+    for n in chunks:
+        pieces.append(state.normalise(x[:, start:start + n].numpy()))
+        start += n
+    import numpy as np
+
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, rtol=0, atol=FLOAT32_LEVEL_TOL)
+
+
+def test_clip_norm_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError):
+        ClipNorm("median")

@@ -96,31 +96,52 @@ def _columns(specs, hidden: int) -> np.ndarray:
 
 
 def lstm_student_parts(qmodel: nn.Module):
-    """(frame_pool, input_norm, lstm, pooling, head) of an ``models.LSTMStudent``-shaped model."""
+    """(clip_norm, frame_pool, input_norm, lstm, pooling, head) of an ``models.LSTMStudent``-shaped model."""
     from brevitas.nn import QuantLinear, QuantLSTM
 
-    parts = {name: getattr(qmodel, name, None) for name in ("frame_pool", "input_norm", "lstm", "pool", "fc", "dropout")}
-    expected = {"frame_pool": (nn.AvgPool1d, type(None)), "input_norm": (nn.BatchNorm1d, type(None)),
+    from models.frontend import ClipNorm
+
+    names = ("clip_norm", "frame_pool", "input_norm", "lstm", "pool", "fc", "dropout")
+    parts = {name: getattr(qmodel, name, None) for name in names}
+    expected = {"clip_norm": (ClipNorm, type(None)), "frame_pool": (nn.AvgPool1d, type(None)), "input_norm": (nn.BatchNorm1d, type(None)),
                 "lstm": (QuantLSTM,), "pool": (nn.Module, type(None)), "fc": (QuantLinear,),
                 "dropout": (nn.Dropout, type(None))}
     known = {id(m) for m in parts.values() if m is not None}
     pooling = "last" if parts["pool"] is None else "mean"  # the student's classify(): feats[:, -1] or pool(feats)
     if (any(not isinstance(parts[n], t) for n, t in expected.items())
             or any(id(m) not in known for m in qmodel.children())):
-        raise QbenchError(f"LSTM export supports models.LSTMStudent ([frame AvgPool1d] -> [BatchNorm1d] -> QuantLSTM "
+        raise QbenchError(f"LSTM export supports models.LSTMStudent ([ClipNorm] -> [frame AvgPool1d] -> [BatchNorm1d] -> QuantLSTM "
                           f"-> last/mean -> QuantLinear), not {type(qmodel).__name__}")
     fp = parts["frame_pool"]
     if fp is not None and (_one(fp.kernel_size) != _one(fp.stride) or _one(fp.padding) != 0 or fp.ceil_mode):
         raise QbenchError(f"LSTM export: frame pooling must be non-overlapping without padding, got {fp}")
-    return fp, parts["input_norm"], parts["lstm"], pooling, parts["fc"]
+    return parts["clip_norm"], fp, parts["input_norm"], parts["lstm"], pooling, parts["fc"]
 
 
 def _one(v) -> int:
     return int(v[0] if isinstance(v, tuple) else v)
 
 
-def _front_end(g: _Graph, x: str, frame_pool: nn.AvgPool1d | None, norm: nn.BatchNorm1d | None) -> str:
-    """(B, T, F) -> (B, T', F): average non-overlapping frames, then eval-mode BatchNorm per feature."""
+def _clip_norm(g: _Graph, x: str, clip_norm) -> str:
+    """(B, T, F) minus the clip's mean level, or the running mean of the frames so far (causal)."""
+    from models.frontend import ClipNormMode
+
+    if clip_norm is None or clip_norm.mode is ClipNormMode.NONE:
+        return x
+    if clip_norm.mode is ClipNormMode.CLIP:
+        return g.op("Sub", x, g.op("ReduceMean", x, axes=[1, 2], keepdims=1))
+    level = g.op("ReduceMean", x, axes=[2], keepdims=1)  # (B, T, 1)
+    running = g.op("CumSum", level, g.const("clip_norm.axis", np.array(1, np.int64)))
+    seen = g.op("Add", g.op("Cast", g.op("Range", g.const("clip_norm.zero", np.array(0, np.int64)),
+                                                 g.op("Gather", g.op("Shape", x), g.const("clip_norm.t", np.array(1, np.int64))),
+                                                 g.const("clip_norm.one", np.array(1, np.int64))), to=1),
+                g.const("clip_norm.onef", np.array(1.0, np.float32)))  # 1, 2, ..., T as float32
+    return g.op("Sub", x, g.op("Div", running, g.op("Unsqueeze", seen, g.const("clip_norm.axes", np.array([1], np.int64)))))
+
+
+def _front_end(g: _Graph, x: str, clip_norm, frame_pool: nn.AvgPool1d | None, norm: nn.BatchNorm1d | None) -> str:
+    """(B, T, F) -> (B, T', F): clip level removed, non-overlapping frames averaged, eval-mode BatchNorm."""
+    x = _clip_norm(g, x, clip_norm)
     if frame_pool is None and norm is None:
         return x
     y = g.op("Transpose", x, perm=[0, 2, 1])  # (B, F, T), as the student pools and normalises
@@ -185,13 +206,14 @@ def export_lstm_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path
 
     from kernels import extract_lstm
 
-    frame_pool, norm, lstm, pooling, head = lstm_student_parts(qmodel)
+    clip_norm, frame_pool, norm, lstm, pooling, head = lstm_student_parts(qmodel)
     qmodel.eval()
     model = extract_lstm(lstm, head)
     frames, feats = int(example.shape[1]), int(example.shape[2])
     steps = frames // _one(frame_pool.kernel_size) if frame_pool is not None else frames
     g = _Graph()
-    x = _front_end(g, INPUT_NAME, frame_pool, norm)
+    x = _front_end(g, INPUT_NAME, clip_norm, frame_pool, norm)
+    x = g.op("Div", x, g.const("input_scale", np.array(model.input_scale, np.float32)))  # as QbenchQuantLSTM divides
     seq = g.fake_quant(x, model.io_quant, "io")
     for k, layer in enumerate(model.layers):
         hs = _layer(g, seq, steps, layer, model.io_quant, model.cell_quant, k)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.frontend import ClipNorm
 from qbench.errors import QbenchError
 from qbench.quant.config import QuantConfig
 
@@ -47,10 +48,10 @@ PASSTHROUGH: tuple[type[nn.Module], ...] = (
 """Leaf modules kept as they are that a ``QuantTensor`` passes through unchanged."""
 
 KEPT_FLOAT: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    ClipNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
 )
-"""Leaf modules kept float: unfolded BN (counted as float params), average pools other than global
-ones (their output is requantized by the next weight layer's ``input_quant``)."""
+"""Leaf modules kept float: the per-clip level normalisation, unfolded BN (counted as float params),
+average pools other than global ones (their output is requantized by the next weight layer's ``input_quant``)."""
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -285,12 +286,15 @@ def calibrate(qmodel: nn.Module, data: Any, *, batches: int | None = 16, batch_s
 
     ``data`` is a ``FeatureDataset`` (its train split), a ``Split``, a ``(N, T, F)`` array or an
     iterable of ``(B, T, F)`` batches. Weight scales are max-abs statistics and need no data.
-    Leaves the model in eval mode; returns the number of batches seen.
+    Each quantized LSTM's ``input_scale`` is fitted on the first batch before its statistics are
+    collected (:func:`qbench.quant.lstm.fit_input_scale`: its input and hidden state share one
+    quantizer). Leaves the model in eval mode; returns the number of batches seen.
     """
     from brevitas.graph.calibrate import calibration_mode
 
     qmodel.eval()
     seen = 0
+    _fit_lstm_inputs_on_first_call(qmodel)
     with calibration_mode(qmodel):
         for batch in _batches_of(data, batch_size):
             if batches is not None and seen >= batches:
@@ -301,3 +305,25 @@ def calibrate(qmodel: nn.Module, data: Any, *, batches: int | None = 16, batch_s
         raise QbenchError("calibration data is empty")
     qmodel.eval()
     return seen
+
+
+def _fit_lstm_inputs_on_first_call(qmodel: nn.Module) -> None:
+    """Hook each quantized LSTM to fit its ``input_scale`` on the first input it sees."""
+    from qbench.quant.lstm import QbenchQuantLSTM
+
+    for module in qmodel.modules():
+        if isinstance(module, QbenchQuantLSTM):
+            _FitOnce(module)
+
+
+class _FitOnce:
+    """A forward pre-hook that fits the LSTM's input scale on its first call, then removes itself."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.handle = module.register_forward_pre_hook(self)
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        from qbench.quant.lstm import fit_input_scale
+
+        fit_input_scale(module, args[0])
+        self.handle.remove()
