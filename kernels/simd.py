@@ -26,6 +26,11 @@ by that CPU, so a cached binary never runs on the wrong one):
   multiply, add; the two products of a pair kept in neighbouring lanes and added once per
   block), which every LLVM target lowers (AArch64 NEON included); level with PyTorch on x86.
 
+``gate_dot_u8`` (at the end) is the same product for unsigned 8-bit inputs in quads of
+inputs: one ``vpdpbusd`` (AVX-512 VNNI) adds four u8 x s8 products per int32 lane, 64
+multiply-accumulates per instruction against ``vpdpwssd``'s 32, on weights loaded without sign
+extension; the LSTM kernel takes it for signed io codes of at most 8 bits (offset by 128).
+
 ``QBENCH_KERNEL_ISA=generic`` (or ``avx2``) forces a narrower set, for tests and comparisons;
 it is read at compile time, so pair it with a fresh ``NUMBA_CACHE_DIR``.
 """
@@ -40,9 +45,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-__all__ = ["ISA_ENV", "ROWS_PER_BLOCK", "block_weights", "compiled_isa", "gate_dot", "target_isa", "unblock_weights"]
+__all__ = ["ISA_ENV", "QUAD_OFFSET", "ROWS_PER_BLOCK", "block_weights", "block_weights_u8", "compiled_isa",
+           "compiled_u8_product", "gate_dot", "gate_dot_u8", "target_isa", "u8_product", "unblock_weights",
+           "unblock_weights_u8"]
 
 ROWS_PER_BLOCK = 64
+QUAD_OFFSET = 128  # gate_dot_u8's inputs are signed 8-bit codes + 128
 ISA_ENV = "QBENCH_KERNEL_ISA"
 _ISAS = ("generic", "avx2", "avx512")  # narrowest first
 
@@ -65,6 +73,22 @@ def unblock_weights(blocks: np.ndarray) -> np.ndarray:
     return blocks.transpose(0, 2, 1, 3).reshape(n_blocks * ROWS_PER_BLOCK, 2 * n_pairs)
 
 
+def block_weights_u8(weight: np.ndarray) -> np.ndarray:
+    """(R, K) int8 codes -> (ceil(R/64), ceil(K/4), 64, 4) int8 blocks: inputs in quads (``vpdpbusd``)."""
+    rows, k = weight.shape
+    rows_pad = -(-rows // ROWS_PER_BLOCK) * ROWS_PER_BLOCK
+    padded = np.zeros((rows_pad, -(-k // 4) * 4), dtype=np.int8)
+    padded[:rows, :k] = weight
+    blocks = padded.reshape(rows_pad // ROWS_PER_BLOCK, ROWS_PER_BLOCK, -1, 4).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(blocks)
+
+
+def unblock_weights_u8(blocks: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`block_weights_u8`, padding included: (64 n, 4 q) int8 codes."""
+    n_blocks, n_quads = blocks.shape[:2]
+    return blocks.transpose(0, 2, 1, 3).reshape(n_blocks * ROWS_PER_BLOCK, 4 * n_quads)
+
+
 def target_isa(features: str) -> str:
     """The instruction set :func:`gate_dot` uses for an LLVM feature string ("+avx2,+avx512bw,...")."""
     flags = set(features.split(","))
@@ -78,6 +102,12 @@ def target_isa(features: str) -> str:
     return best
 
 
+def u8_product(features: str) -> bool:
+    """Whether :func:`gate_dot_u8` runs on ``vpdpbusd`` (AVX-512 VNNI) for an LLVM feature string;
+    never when :data:`ISA_ENV` narrows the instruction set below AVX-512."""
+    return target_isa(features) == "avx512" and "+avx512vnni" in set(features.split(","))
+
+
 def _codegen_features(context) -> str:
     """The LLVM feature string Numba compiles for (its CPU, or NUMBA_CPU_FEATURES)."""
     return getattr(context.codegen(), "_tm_features", "")  # Numba keeps it private; "" means generic
@@ -88,6 +118,13 @@ def compiled_isa() -> str:
     from numba.core.registry import cpu_target
 
     return target_isa(_codegen_features(cpu_target.target_context))
+
+
+def compiled_u8_product() -> bool:
+    """Whether the LSTM kernel uses :func:`gate_dot_u8` in this process (8-bit io codes, VNNI)."""
+    from numba.core.registry import cpu_target
+
+    return u8_product(_codegen_features(cpu_target.target_context))
 
 
 class _Plan:
@@ -207,6 +244,115 @@ def _gate_dot_simd(typingctx, blocks, z, acc):
                 with cgutils.for_range_slice(builder, builder.mul(n_tiles, tile), batch, ir.Constant(_I64, 1)) as (b, _):
                     _emit_tile(builder, plan, 1, w_ptr, z_ptr, acc_ptr, block.index, n_pairs, b,
                                z_stride, acc_stride)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ---------------------------------------------------------------- unsigned 8-bit inputs (AVX-512 VNNI)
+
+def gate_dot_u8(blocks: np.ndarray, zu: np.ndarray, acc: np.ndarray) -> None:
+    """``acc[b, r] = sum_k W[r, k] zu[b, k]`` in int32 for uint8 ``zu`` (B, 4Q): ``blocks`` from
+    :func:`block_weights_u8` (Q = blocks.shape[1]), ``acc`` (B, 64 * blocks.shape[0]).
+
+    The kernel feeds signed 8-bit codes as ``z + QUAD_OFFSET`` and folds ``-QUAD_OFFSET *
+    sum_k W[r, k]`` into the bias, so the sum is exact while ``sum_k |W[r, k]| * 255`` stays
+    below 2**31. Compiled for AVX-512 VNNI it is one ``vpdpbusd`` per 16 rows x 4 inputs (64
+    multiply-accumulates, twice ``vpdpwssd``'s 32, and no sign extension of the weights);
+    elsewhere, the same sum in portable vector IR (used only by tests there: the kernel
+    takes :func:`gate_dot` when :func:`compiled_u8_product` is false).
+    """
+    acc[:] = (zu.astype(np.int64) @ unblock_weights_u8(blocks).T.astype(np.int64)).astype(np.int32)
+
+
+@overload(gate_dot_u8, inline="always")
+def _gate_dot_u8_overload(blocks, zu, acc):
+    def impl(blocks, zu, acc):
+        _gate_dot_u8_simd(blocks, zu, acc)
+    return impl
+
+
+_U8_LANES = 16  # int32 lanes of a zmm register; each holds one row's 4 products
+_U8_TILE = 4  # batch rows per weight load: 4 x 4 accumulators + 4 weight registers of 32
+
+
+def _quad_madd(builder: ir.IRBuilder, vnni: bool, acc: ir.Value, z: ir.Value, w: ir.Value) -> ir.Value:
+    """acc + per lane sum of the 4 products zu[4j+i] * w[4j+i] (u8 x s8), all <16 x i32>."""
+    v16 = ir.VectorType(_I32, _U8_LANES)
+    if vnni:
+        fnty = ir.FunctionType(v16, [v16, v16, v16])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, z, w])  # second operand unsigned, third signed
+    v64 = ir.VectorType(_I32, 4 * _U8_LANES)
+    zz = builder.zext(builder.bitcast(z, ir.VectorType(_I8, 4 * _U8_LANES)), v64)
+    ww = builder.sext(builder.bitcast(w, ir.VectorType(_I8, 4 * _U8_LANES)), v64)
+    prod = builder.mul(zz, ww)
+    for i in range(4):
+        sel = ir.Constant(v16, [4 * j + i for j in range(_U8_LANES)])
+        acc = builder.add(acc, builder.shuffle_vector(prod, prod, sel))
+    return acc
+
+
+def _emit_tile_u8(builder, vnni: bool, tile: int, w_ptr, z_ptr, acc_ptr, block, n_quads, b0, z_stride, acc_stride):
+    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums."""
+    v16 = ir.VectorType(_I32, _U8_LANES)
+    n_acc = ROWS_PER_BLOCK // _U8_LANES
+    accs = [[cgutils.alloca_once(builder, v16) for _ in range(n_acc)] for _ in range(tile)]
+    for row in accs:
+        for a in row:
+            builder.store(ir.Constant(v16, None), a)
+    splat = ir.Constant(v16, [0] * _U8_LANES)
+    block_base = builder.mul(block, builder.mul(n_quads, ir.Constant(_I64, 4 * ROWS_PER_BLOCK)))
+    with cgutils.for_range(builder, n_quads) as quad:
+        w_at = builder.add(block_base, builder.mul(quad.index, ir.Constant(_I64, 4 * ROWS_PER_BLOCK)))
+        weights = []
+        for j in range(n_acc):
+            p = builder.gep(w_ptr, [builder.add(w_at, ir.Constant(_I64, 4 * _U8_LANES * j))])
+            weights.append(builder.load(builder.bitcast(p, v16.as_pointer()), align=1))
+        for t in range(tile):
+            z_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), z_stride), quad.index)
+            zq = builder.load(builder.gep(z_ptr, [z_at]), align=1)  # the quad as one i32
+            zv = builder.insert_element(ir.Constant(v16, ir.Undefined), zq, ir.Constant(_I32, 0))
+            zv = builder.shuffle_vector(zv, zv, splat)
+            for j, a in enumerate(accs[t]):
+                builder.store(_quad_madd(builder, vnni, builder.load(a), zv, weights[j]), a)
+    for t, row in enumerate(accs):
+        row_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), acc_stride),
+                             builder.mul(block, ir.Constant(_I64, ROWS_PER_BLOCK)))
+        for j, a in enumerate(row):
+            p = builder.gep(acc_ptr, [builder.add(row_at, ir.Constant(_I64, _U8_LANES * j))])
+            builder.store(builder.load(a), builder.bitcast(p, v16.as_pointer()), align=4)
+
+
+@intrinsic
+def _gate_dot_u8_simd(typingctx, blocks, zu, acc):
+    """The compiled :func:`gate_dot_u8`."""
+    if not (isinstance(blocks, types.Array) and blocks.dtype == types.int8 and blocks.ndim == 4
+            and isinstance(zu, types.Array) and zu.dtype == types.uint8 and zu.ndim == 2
+            and isinstance(acc, types.Array) and acc.dtype == types.int32 and acc.ndim == 2):
+        return None
+    if not (blocks.layout == zu.layout == acc.layout == "C"):
+        return None
+    sig = types.void(blocks, zu, acc)
+
+    def codegen(context, builder, signature, args):
+        vnni = u8_product(_codegen_features(context))
+        w_arr, z_arr, acc_arr = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args, args))
+        n_blocks, n_quads = cgutils.unpack_tuple(builder, w_arr.shape, 4)[:2]
+        batch, z_len = cgutils.unpack_tuple(builder, z_arr.shape, 2)
+        acc_stride = cgutils.unpack_tuple(builder, acc_arr.shape, 2)[1]
+        z_stride = builder.udiv(z_len, ir.Constant(_I64, 4))  # in quads
+        w_ptr = builder.bitcast(w_arr.data, _I8.as_pointer())
+        z_ptr = builder.bitcast(z_arr.data, _I32.as_pointer())
+        acc_ptr = builder.bitcast(acc_arr.data, _I32.as_pointer())
+        tile = ir.Constant(_I64, _U8_TILE)
+        n_tiles = builder.udiv(batch, tile)
+        with cgutils.for_range(builder, n_blocks) as block:
+            with cgutils.for_range(builder, n_tiles) as bt:
+                _emit_tile_u8(builder, vnni, _U8_TILE, w_ptr, z_ptr, acc_ptr, block.index, n_quads,
+                              builder.mul(bt.index, tile), z_stride, acc_stride)
+            with cgutils.for_range_slice(builder, builder.mul(n_tiles, tile), batch, ir.Constant(_I64, 1)) as (b, _):
+                _emit_tile_u8(builder, vnni, 1, w_ptr, z_ptr, acc_ptr, block.index, n_quads, b, z_stride, acc_stride)
         return context.get_dummy_value()
 
     return sig, codegen

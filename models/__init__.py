@@ -9,11 +9,17 @@ Importing the package registers every built-in model::
 from models.registry import (
     build_student,
     build_teacher,
+    file_name,
+    is_model_spec,
+    is_user_student,
     list_students,
     list_teachers,
     model_size,
     register_student,
     register_teacher,
+    register_user_student,
+    resolve_student,
+    student_fingerprint,
 )
 from models import students as _students  # noqa: F401  (registers the students)
 from models import teachers as _teachers  # noqa: F401  (registers the teachers)
@@ -21,9 +27,15 @@ from models import teachers as _teachers  # noqa: F401  (registers the teachers)
 __all__ = [
     "build_student",
     "build_teacher",
+    "file_name",
+    "is_model_spec",
+    "is_user_student",
     "list_students",
     "list_teachers",
     "model_size",
     "register_student",
     "register_teacher",
+    "register_user_student",
+    "resolve_student",
+    "student_fingerprint",
 ]

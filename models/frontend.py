@@ -11,6 +11,13 @@ Two modes, the same arithmetic up to what a frame may see:
 * ``"causal"``: subtract the running mean of the frames seen so far (``t' <= t``), which a
   streaming deployment can compute frame by frame (:class:`RunningLevel`).
 
+The level is snapped to a grid of :data:`LEVEL_STEP` (1/256 of a log unit) before it is
+subtracted. Runtimes sum a mean in different orders (ONNX Runtime's ``ReduceMean`` and torch's
+``mean`` differed in the last bits on 52 of 64 clips), and those last bits flip an input code at
+a rounding tie, which a quantized LSTM's recurrence then spreads (a w8a8 LSTM graph was 33 output
+steps off Brevitas on one clip in 256). Snapped, the level is the same number everywhere, and
+``x - level`` is one correctly rounded subtraction, identical on every runtime.
+
 Shapes: ``(B, T, F)`` float log-mel in, the same out. No parameters: it is kept float by the
 quantizer, and every export and the integer engine's float front end apply it as written here.
 """
@@ -23,7 +30,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ClipNorm", "ClipNormMode", "RunningLevel"]
+__all__ = ["LEVEL_STEP", "ClipNorm", "ClipNormMode", "RunningLevel", "snap_level"]
+
+LEVEL_STEP = 2.0 ** -8  # a power of two: snapping multiplies and divides exactly
+
+
+def snap_level(level: Tensor) -> Tensor:
+    """The level rounded (half to even) to a multiple of :data:`LEVEL_STEP`."""
+    return torch.round(level / LEVEL_STEP) * LEVEL_STEP
 
 
 class ClipNormMode(str, Enum):
@@ -48,10 +62,10 @@ class ClipNorm(nn.Module):
         if self.mode is ClipNormMode.NONE:
             return x
         if self.mode is ClipNormMode.CLIP:
-            return x - x.mean(dim=(1, 2), keepdim=True)
+            return x - snap_level(x.mean(dim=(1, 2), keepdim=True))
         frame_level = x.mean(dim=2, keepdim=True)  # (B, T, 1)
         seen = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
-        return x - torch.cumsum(frame_level, dim=1) / seen
+        return x - snap_level(torch.cumsum(frame_level, dim=1) / seen)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode.value}"
@@ -76,4 +90,5 @@ class RunningLevel:
         running = start + np.cumsum(level, axis=1)
         seen = np.arange(self.frames + 1, self.frames + chunk.shape[1] + 1)
         self.total, self.frames = running[:, -1:], self.frames + chunk.shape[1]
-        return (chunk - (running / seen)[:, :, None]).astype(np.float32)
+        level = np.round((running / seen) / LEVEL_STEP) * LEVEL_STEP  # half to even, as torch.round
+        return (chunk - level[:, :, None].astype(np.float32)).astype(np.float32)

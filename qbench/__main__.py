@@ -1,3 +1,14 @@
-from qbench.cli import main
+"""``python -m qbench`` and the ``qbench`` script: qbench's thread policy, then the CLI."""
 
-raise SystemExit(main())
+from qbench.provenance import apply_thread_policy
+
+
+def main() -> int:
+    apply_thread_policy()  # before torch is first imported: OpenMP reads OMP_WAIT_POLICY once, at load
+    from qbench.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

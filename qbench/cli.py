@@ -5,6 +5,11 @@ Each subcommand lives in ``qbench/commands/<name>.py`` and exposes ``HELP``,
 dependencies (torch, brevitas, runtimes) inside ``run`` so ``--help`` stays fast.
 User errors (:class:`~qbench.errors.QbenchError`, which config validation errors are too) become one line
 on stderr and exit code 2.
+
+Exit codes: 0 done (for ``sweep``: every point ok); 1 a sweep finished but some points failed
+(each recorded with its reason); 2 bad input, refused before or instead of the work (one line on
+stderr); 130 interrupted (Ctrl-C; finished sweep points are kept). Anything else is a bug: Python's
+traceback and exit code 1.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from collections.abc import Sequence
 
 from qbench import __version__
 from qbench.errors import QbenchError
+from qbench.files import is_environment_error, os_error_line
 
 # Order is the order ``--help`` lists them in.
 COMMANDS = ("data", "train", "quantize", "export", "sweep", "report")
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 DESCRIPTION = "qbench: quantization and kernel benchmarks for small on-device audio models"
 
 
@@ -58,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QbenchError as exc:
         print(f"qbench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a full disk or a read-only place any command met: the machine's doing, not a bug
+        if not is_environment_error(exc):
+            raise
+        print(f"qbench {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"qbench {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 

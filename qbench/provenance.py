@@ -19,8 +19,17 @@ LIBRARIES = ("qbench", "torch", "brevitas", "onnx", "onnxruntime", "openvino", "
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# (CPU implementer, CPU part) of common Arm cores: aarch64 /proc/cpuinfo gives numbers, not names.
+ARM_PARTS = {
+    ("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd05"): "Cortex-A55", ("0x41", "0xd08"): "Cortex-A72",
+    ("0x41", "0xd0b"): "Cortex-A76", ("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1",
+    ("0x41", "0xd41"): "Cortex-A78", ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4f"): "Neoverse-V2",
+    ("0x61", "0x022"): "Apple M1", ("0xc0", "0xac3"): "Ampere-1",
+}
+
+
 def cpu_model() -> str:
-    """The CPU's marketing name (x86 ``model name``; ARM implementer/part when no name is given)."""
+    """The CPU's marketing name (x86 ``model name``; on ARM the core's name from implementer and part)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -32,7 +41,8 @@ def cpu_model() -> str:
     impl = re.search(r"^CPU implementer\s*:\s*(\S+)", text, re.MULTILINE)
     part = re.search(r"^CPU part\s*:\s*(\S+)", text, re.MULTILINE)
     if impl and part:
-        return f"ARM implementer {impl.group(1)} part {part.group(1)}"
+        key = (impl.group(1).lower(), part.group(1).lower())
+        return ARM_PARTS.get(key, f"ARM implementer {key[0]} part {key[1]}")
     return platform.processor() or "unknown"
 
 
@@ -51,8 +61,26 @@ def isa_features() -> list[str]:
     return [f for f in ISA_FEATURES if f in present]
 
 
+def emulator() -> str | None:
+    """The user-mode emulator this process runs under (e.g. ``qemu-user 7.2.22 on x86_64``), else None.
+
+    ``QBENCH_EMULATOR`` names it (CI's ARM job sets it); failing that, a registered and enabled
+    ``qemu-<arch>`` binfmt handler for this very architecture means the kernel runs us through
+    qemu (a native kernel has no reason to register its own architecture). Emulated timings mean
+    nothing: records carry this so no one reads them as the CPU's.
+    """
+    named = os.environ.get("QBENCH_EMULATOR")
+    if named:
+        return named
+    try:
+        handler = Path(f"/proc/sys/fs/binfmt_misc/qemu-{platform.machine()}").read_text()
+    except OSError:
+        return None
+    return "qemu-user" if handler.startswith("enabled") else None
+
+
 def machine_info() -> dict[str, Any]:
-    """Architecture, CPU model, logical cores, OS and Python of this machine."""
+    """Architecture, CPU model, logical cores, OS and Python of this machine, and its emulator if any."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -65,15 +93,18 @@ def machine_info() -> dict[str, Any]:
         "isa": isa_features(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "emulator": emulator(),
     }
 
 
 def machine_id(info: dict[str, Any] | None = None) -> str:
-    """A folder-safe name for this machine kind, e.g. ``x86_64-intel-xeon-platinum-8375c-2c``."""
+    """A folder-safe name for this machine kind, e.g. ``x86_64-intel-xeon-platinum-8375c-2c``
+    (``aarch64-qemu-neoverse-n1-2c`` under an emulator)."""
     info = info or machine_info()
     model = re.sub(r"\((r|tm)\)|cpu|@.*$", "", info["cpu_model"], flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:40].strip("-")
-    return f"{info['arch']}-{slug}-{info['usable_cores']}c"
+    arch = f"{info['arch']}-qemu" if info.get("emulator") else info["arch"]
+    return f"{arch}-{slug}-{info['usable_cores']}c"
 
 
 def library_versions() -> dict[str, str | None]:
@@ -111,6 +142,51 @@ def git_commit(root: Path = REPO_ROOT, *, ignore: Path | None = None) -> dict[st
     return {"commit": sha, "dirty": bool(status) if status is not None else None}
 
 
+WAIT_POLICY = "PASSIVE"
+"""OpenMP's wait policy for qbench processes: idle OpenMP workers sleep instead of spinning. On a
+shared 2-core host a 2-thread training step spun 11-17x slower than a 1-thread one; PASSIVE removed it."""
+_wait_policy_source: str | None = None  # who set OMP_WAIT_POLICY: "qbench", "user", or None (unset)
+
+
+def apply_thread_policy() -> None:
+    """Set ``OMP_WAIT_POLICY`` to :data:`WAIT_POLICY` unless the user has set it.
+
+    Call before anything imports torch: OpenMP reads it once, when the library loads.
+    Training and calibration threads are ``TrainConfig.threads`` (1 by default).
+    """
+    global _wait_policy_source
+    if "OMP_WAIT_POLICY" in os.environ:
+        _wait_policy_source = "user"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+        _wait_policy_source = "qbench"
+
+
+def thread_policy() -> dict[str, Any]:
+    """The thread settings a figure was made under: OpenMP wait policy (and who set it), torch's threads."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return {
+        "policy": "training and calibration: TrainConfig.threads intra-op threads (default 1); "
+                  "latency: the thread count stated with each figure",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy_set_by": _wait_policy_source if "OMP_WAIT_POLICY" in os.environ else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_intra_op_threads": torch.get_num_threads() if torch is not None else None,
+        "torch_inter_op_threads": torch.get_num_interop_threads() if torch is not None else None,
+    }
+
+
+def kernel_isa() -> str | None:
+    """The instruction-set path of the integer kernel's gate product in this process (None if unavailable)."""
+    try:
+        from kernels.simd import compiled_isa
+    except ImportError:
+        return None
+    return compiled_isa()
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -121,6 +197,8 @@ def provenance(*, ignore: Path | None = None) -> dict[str, Any]:
     return {
         "machine": info,
         "machine_id": machine_id(info),
+        "kernel_isa": kernel_isa(),
+        "threads": thread_policy(),
         "versions": library_versions(),
         "git": git_commit(ignore=ignore),
         "utc": utc_now(),

@@ -62,14 +62,17 @@ class ResultsDocument:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise QbenchError(f"no results file at {path}") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise QbenchError(f"cannot read results file {path}: {exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
+            raise QbenchError(f"cannot read results file {path}: {_one_line(exc)}") from None
         if not isinstance(data, dict) or data.get("kind") != DOCUMENT_KIND:
             raise QbenchError(f"{path} is not a qbench results file")
         if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
             raise QbenchError(
                 f"{path} has results schema {data.get('schema_version')}, this qbench reads {RESULTS_SCHEMA_VERSION}"
             )
+        problem = document_problem(data)
+        if problem:
+            raise QbenchError(f"{path} is a damaged qbench results file: {problem}")
         doc = cls(path, config=data["config"], provenance=data["provenance"])
         doc.records = list(data["records"])
         return doc
@@ -98,6 +101,38 @@ class ResultsDocument:
     def finished_ids(self, *, include_failed: bool = True) -> set[str]:
         keep = {STATUS_OK, STATUS_FAILED} if include_failed else {STATUS_OK}
         return {r["id"] for r in self.records if r.get("status") in keep}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+# The fields tables and plots read; a document without them was edited by hand or by something else.
+REQUIRED_MACHINE = ("arch", "cpu_model", "usable_cores")
+
+
+def document_problem(data: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a results document's structure, or None."""
+    for key, kind in (("config", dict), ("provenance", dict), ("records", list)):
+        if not isinstance(data.get(key), kind):
+            return f"{key!r} is missing or not a JSON {'object' if kind is dict else 'array'}"
+    prov = data["provenance"]
+    for key, kind in (("machine_id", str), ("machine", dict), ("versions", dict), ("git", dict), ("utc", str)):
+        if not isinstance(prov.get(key), kind):
+            return f"provenance.{key} is missing or of the wrong type"
+    missing = [k for k in REQUIRED_MACHINE if k not in prov["machine"]]
+    if missing:
+        return f"provenance.machine lacks {', '.join(missing)}"
+    if "commit" not in prov["git"]:
+        return "provenance.git lacks commit"
+    for i, record in enumerate(data["records"]):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            return f"record {i} is not an object with an 'id'"
+        if record.get("status") not in (STATUS_OK, STATUS_FAILED):
+            return f"record {record['id']!r} has status {record.get('status')!r} (expected ok or failed)"
+        if not isinstance(record.get("model"), str):
+            return f"record {record['id']!r} names no model"
+    return None
 
 
 def failed_record(record_id: str, fields: dict[str, Any], reason: str) -> dict[str, Any]:

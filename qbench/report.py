@@ -35,7 +35,23 @@ def _latency(rec: dict[str, Any], key: str) -> str:
     lat = (rec.get("latency") or {}).get(key)
     if not lat:
         return "–"
-    return f"{_num(lat.get('median_ms'), '.3g')} ± {_num(lat.get('iqr_ms'), '.2g')}"
+    noisy = NOISY_MARK if lat.get("noisy") else ""  # older records have no "noisy": shown as clean
+    return f"{_num(lat.get('median_ms'), '.3g')} ± {_num(lat.get('iqr_ms'), '.2g')}{noisy}"
+
+
+NOISY_MARK = "~"  # after a latency measured under load or with a wide spread (qbench.measure)
+FAILED_CELL_CHARS = 80  # a failed point's reason in a table cell; the record keeps all of it
+
+
+def _failed_cell(r: dict[str, Any]) -> str:
+    """``failed: <reason>`` for a table cell: the reason's first line, cut at a word with a pointer
+    to the record that holds it whole, ``|`` escaped so the row stays one row."""
+    lines = str(r.get("error") or "").splitlines() or [""]
+    text = f"failed: {lines[0]}"
+    if len(text) > FAILED_CELL_CHARS or len(lines) > 1:
+        cut = text[:FAILED_CELL_CHARS].rsplit(" ", 1)[0] if len(text) > FAILED_CELL_CHARS else text
+        text = f"{cut} … (whole reason in record `{r.get('id', '?')}`)"
+    return text.replace("|", "\\|")
 
 
 def latency_keys(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -55,6 +71,30 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _interval(ci: Any, fmt: str = ".1f") -> str:
+    """``[lo, hi]`` in percent, or empty for a record without an interval (older records)."""
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return ""
+    return f" [{format(100 * ci[0], fmt)}, {format(100 * ci[1], fmt)}]"
+
+
+def error_cell(r: dict[str, Any], fmt: str = ".1f") -> str:
+    """Test error % with its 95 % interval: ``23.4 [21.9, 25.0]``."""
+    metrics = r.get("metrics") or {}
+    return _num(metrics.get("error", float("nan")), fmt, 100) + _interval(metrics.get("ci95"), fmt)
+
+
+def delta_cell(r: dict[str, Any], field: str = "delta_error_vs_fp32", ci_field: str = "delta_ci95") -> str:
+    """A paired change in points with its interval; ``(no difference)`` when the interval holds 0."""
+    from qbench.stats import excludes_zero
+
+    value, ci = r.get(field), r.get(ci_field)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = _num(value, "+.1f", 100) + _interval(ci, "+.1f")
+    return text + ("" if not ci or excludes_zero(ci) else " (no difference)")
+
+
 def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
     """Error and size per model, precision, method and distillation (PyTorch backend)."""
     rows = []
@@ -62,19 +102,55 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
         if r.get("backend") != "torch":
             continue
         metrics = r.get("metrics") or {}
+        train = ((r.get("train") or {}).get("train_split") or {}).get("error")
+        clip = r.get("input_range") or {}
         rows.append([
-            r.get("model", "?"), r.get("precision", "?"), r.get("method", "?"), r.get("distill", "?"),
-            r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80],
+            r.get("model", "?") + ("" if r.get("seed") is None else f" (seed {r['seed']})"),
+            r.get("precision", "?"), r.get("method", "?"), r.get("distill", "?"),
+            r["status"] if r["status"] == STATUS_OK else _failed_cell(r),
             _num(r.get("params", float("nan")), ","),
-            _num(metrics.get("error", float("nan")), ".2f", 100),
-            _num(r.get("delta_error_vs_fp32", float("nan")), "+.2f", 100),
+            error_cell(r), _num(metrics.get("n", float("nan")), "d") if "n" in metrics else "–",
+            "–" if train is None else _num(train, ".1f", 100),
+            delta_cell(r) if r.get("method") != "fp32" else delta_cell(r, "delta_error_vs_no_kd", "delta_ci95_vs_no_kd"),
+            "–" if not clip else f"{100 * clip['clipped_input']:.2f} / {100 * clip['clipped_hidden']:.2f}",
             _num(r.get("packed_bytes", float("nan")), ".1f", 1 / 1024),
             _num(r.get("pct_fp32", float("nan")), ".1f"),
             _num(r.get("pct_teacher", float("nan")), ".2f"),
         ])
-    header = ["model", "precision", "method", "distill", "status", "params", "error %",
-              "Δ error vs fp32 (pts)", "packed KiB", "% of fp32 student", "% of teacher"]
+    header = ["model", "precision", "method", "distill", "status", "params", "test error % [95 % CI]", "clips",
+              "train error %", "Δ error, pts [paired 95 % CI] (quantized: vs fp32; fp32: vs no KD)",
+              "LSTM io clipped % (input / hidden)", "packed KiB", "% of fp32 student", "% of teacher"]
     return _md_table(header, rows)
+
+
+def seeds_table(records: Sequence[dict[str, Any]]) -> str:
+    """fp32 students over training seeds: test error mean ± sd, and the KD change per seed."""
+    from qbench.stats import mean_and_spread
+
+    fp32 = [r for r in records if r.get("method") == "fp32" and r.get("role") == "student"
+            and r["status"] == STATUS_OK]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in fp32:
+        groups.setdefault((r["model"], r.get("distill", "none")), []).append(r)
+    if all(len(g) < 2 for g in groups.values()):
+        return ""
+    rows = []
+    for (model, distill), group in groups.items():
+        err = mean_and_spread([(g.get("metrics") or {}).get("error") for g in group])
+        delta = mean_and_spread([g.get("delta_error_vs_no_kd") for g in group])
+        beyond = sum(1 for g in group if g.get("delta_ci95_vs_no_kd") and _excludes(g["delta_ci95_vs_no_kd"]))
+        rows.append([model, distill, str(err["n"]), f"{100 * err['mean']:.1f} ± {100 * err['std']:.1f}",
+                     f"{100 * err['min']:.1f}-{100 * err['max']:.1f}",
+                     "–" if not delta["n"] else f"{100 * delta['mean']:+.1f} ± {100 * delta['std']:.1f} "
+                                                f"({beyond} of {delta['n']} seeds beyond their interval)"])
+    header = ["model", "distill", "seeds", "test error % mean ± sd", "range", "Δ vs no KD, pts mean ± sd"]
+    return _md_table(header, rows)
+
+
+def _excludes(ci: Sequence[float]) -> bool:
+    from qbench.stats import excludes_zero
+
+    return excludes_zero(tuple(ci))
 
 
 METHOD_ORDER = ("fp32", "ptq", "qat")
@@ -107,8 +183,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
         cells = []
         for col in columns:
             r = row.get(col)
-            cells.append("–" if r is None else (_num((r.get("metrics") or {}).get("error"), ".1f", 100)
-                                                if r["status"] == STATUS_OK else "failed"))
+            cells.append("–" if r is None else (error_cell(r) if r["status"] == STATUS_OK else "failed"))
         body.append([model, precision, *cells, _num(ref.get("packed_bytes", float("nan")), ".1f", 1 / 1024),
                      _num(ref.get("pct_fp32", float("nan")), ".1f"), _num(ref.get("pct_teacher", float("nan")), ".2f")])
     header = ["model", "precision", *[f"{m} {d} error %" for m, d in columns], "size KiB", "% of fp32 student",
@@ -126,16 +201,46 @@ def _top1(agreement: dict[str, Any]) -> str:
     return text
 
 
-def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str) -> list[str]:
+SPEEDUP_KEY = "b1_t1"  # the latency setting a speed-up against fp32 is computed at
+
+
+def _median(r: dict[str, Any] | None, field: str, key: str = SPEEDUP_KEY) -> float | None:
+    lat = ((r or {}).get(field) or {}).get(key) or {}
+    value = lat.get("median_ms")
+    return value if value and not math.isnan(value) else None
+
+
+def fp32_baselines(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(model, distill, backend) -> the fp32 student's record on that backend (the sweep's own seed)."""
+    return {(r["model"], r.get("distill", "none"), r.get("backend")): r for r in records
+            if r.get("method") == "fp32" and r.get("role") == "student" and r.get("seed") is None
+            and r["status"] == STATUS_OK}
+
+
+def _speedup(r: dict[str, Any], baselines: dict, latency_field: str) -> str:
+    """``x.xx×`` faster than the fp32 student on the same runtime (PyTorch for the engine), batch 1, 1 thread."""
+    if r.get("method") == "fp32":
+        return "baseline" if r.get("role") == "student" else "–"
+    backend = "torch" if r.get("backend") == "engine" else r.get("backend")
+    base = baselines.get((r.get("model"), r.get("distill", "none"), backend))
+    mine, theirs = _median(r, latency_field), _median(base, latency_field)
+    if mine is None or theirs is None:
+        return "–"
+    return f"{theirs / mine:.3g}×" + (" (vs PyTorch fp32)" if r.get("backend") == "engine" else "")
+
+
+def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str,
+                    baselines: dict | None = None) -> list[str]:
     agreement = r.get("agreement") or {}
-    status = r["status"] if r["status"] == STATUS_OK else f"failed: {r.get('error', '')}"[:80]
+    status = r["status"] if r["status"] == STATUS_OK else _failed_cell(r)
     return [
         r.get("model", "?"), r.get("precision", "?"), r.get("distill", "?"), backend, status,
         _num(r.get("file_bytes", float("nan")), ".1f", 1 / 1024),
-        _num((r.get("metrics") or {}).get("error", float("nan")), ".2f", 100),
+        error_cell(r), delta_cell(r) if r.get("method") != "fp32" else "–",
         _top1(agreement),
         _num(agreement.get("hidden_code_agreement", float("nan")), ".3f", 100),
         *[_latency({"latency": r.get(latency_field)}, k) for k in keys],
+        _speedup(r, baselines or {}, latency_field),
     ]
 
 
@@ -149,9 +254,10 @@ def deployment_table(records: Sequence[dict[str, Any]]) -> str:
     agreement are measured at f32 only, so that row repeats them).
     """
     keys = latency_keys(records)
+    baselines = fp32_baselines(records)
     rows = []
     for r in records:
-        if r.get("method") == "ptq":
+        if r.get("method") == "ptq" or r.get("seed") is not None:
             continue
         backend = r.get("backend", "?")
         variant = r.get("runtime_variant")
@@ -161,13 +267,16 @@ def deployment_table(records: Sequence[dict[str, Any]]) -> str:
             label = f"{backend} ({variant.removeprefix('ort_')})"
         else:
             label = backend
-        rows.append(_deployment_row(r, keys, backend=label, latency_field="latency"))
+        if r.get("lstm_graph"):
+            label += f", {r['lstm_graph']}"
+        rows.append(_deployment_row(r, keys, backend=label, latency_field="latency", baselines=baselines))
         if r.get("latency_default_precision"):
             precision = (r.get("runtime_precision") or {}).get("latency_default_precision", "default")
             rows.append(_deployment_row(r, keys, backend=f"{backend} ({precision}, default)",
-                                        latency_field="latency_default_precision"))
-    header = ["model", "precision", "distill", "backend", "status", "file KiB", "error %",
-              "top-1 agreement %", "hidden-code agreement %", *[f"{k} ms" for k in keys]]
+                                        latency_field="latency_default_precision", baselines=baselines))
+    header = ["model", "precision", "distill", "backend", "status", "file KiB", "test error % [95 % CI]",
+              "Δ vs fp32, pts [paired 95 % CI]", "top-1 agreement %", "hidden-code agreement %", *[f"{k} ms" for k in keys],
+              f"speed-up vs fp32, same runtime ({SPEEDUP_KEY})"]
     return _md_table(header, rows)
 
 
@@ -185,11 +294,19 @@ def render_markdown(doc: ResultsDocument) -> str:
     if len(machines) > 1:
         raise QbenchError(f"{doc.path} mixes records from machines {sorted(machines)}; split them before reporting")
     failed = [r for r in doc.records if r["status"] != STATUS_OK]
+    run = doc.provenance.get("run_seconds") or {}
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in (run.get("stages") or {}).items())
     parts = [
         "# qbench results", "", machine_line(doc), "",
+        *([f"Last run: {run['wall']:.0f} s wall; by stage: {stages}.", ""] if run else []),
         f"{len(doc.records)} points, {len(failed)} failed. Latency columns are `b<batch>_t<threads>`: "
-        "median ± IQR in ms over repeated runs after warm-up.", "",
+        "median ± IQR in ms over repeated runs after warm-up; a trailing `~` marks a noisy figure "
+        "(measured under load or with a wide spread: the record's `noisy_reason` says which).", "",
+        "Errors carry their 95 % interval (Wilson over the clips scored; a clip bootstrap for mAP); "
+        "changes carry a paired 95 % interval over the same clips (bootstrap), and a change whose "
+        "interval holds 0 is marked *no difference*.", "",
         "## Summary: test error by method and distillation (PyTorch)", "", summary_table(doc.records), "",
+        *(["## fp32 students over training seeds", "", seeds_table(doc.records), ""] if seeds_table(doc.records) else []),
         "## Error and size (PyTorch)", "", accuracy_table(doc.records), "",
         "## Deployment (backends)", "", deployment_table(doc.records), "",
     ]
@@ -197,10 +314,11 @@ def render_markdown(doc: ResultsDocument) -> str:
 
 
 BACKEND_TAGS = {"torch": "pt", "engine": "int", "onnxruntime": "ort", "openvino": "ov"}
+GRAPH_TAGS = {"integer_scan": "-scan", "fakequant_unrolled": "-fq"}  # an LSTM's two ONNX lowerings
 
 
 def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str, *,
-          tag_backends: bool = False) -> None:
+          tag_backends: bool = False, noisy_of=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,12 +338,18 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
         distilled = r.get("distill", "none") != "none"
         label = f"{r['model']} {r.get('precision')}" + ("" if distilled else " (no KD)")
         colour = colours[r["model"]]
-        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), s=50, alpha=0.85, linewidths=1.5,
+        noisy = bool(noisy_of and noisy_of(r))  # hollow already means "no distillation": noisy is dashed, faint
+        ci = (r.get("metrics") or {}).get("ci95")
+        if ci and all(v is not None for v in ci):
+            ax.errorbar(x, 100 * err, yerr=[[100 * (err - ci[0])], [100 * (ci[1] - err)]], fmt="none",
+                        ecolor=colour, alpha=0.35, capsize=2, linewidth=1)
+        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), s=50, alpha=0.4 if noisy else 0.85, linewidths=1.5,
                    facecolors=colour if distilled else "none", edgecolors=colour,
-                   label=None if label in seen else label)
+                   linestyles="--" if noisy else "-", label=None if label in seen else label)
         if tag_backends:
-            ax.annotate(BACKEND_TAGS.get(r.get("backend"), "?"), (x, 100 * err), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+            tag = BACKEND_TAGS.get(r.get("backend"), "?") + GRAPH_TAGS.get(r.get("lstm_graph"), "")
+            ax.annotate(tag + (NOISY_MARK if noisy else ""), (x, 100 * err),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
         seen.add(label)
     if seen:
         ax.set_xscale("log")
@@ -252,7 +376,8 @@ def render_plots(doc: ResultsDocument, out_dir: Path) -> list[Path]:
     lat_points = [r for r in ok if r.get("method") != "ptq"]
     _plot(lat_points, lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("median_ms"),
           "latency, batch 1, 1 thread (ms)\npt = PyTorch, int = integer engine, ort = ONNX Runtime, ov = OpenVINO f32",
-          lat_path, "Error against latency (all backends)", tag_backends=True)
+          lat_path, f"Error against latency (all backends; dashed, {NOISY_MARK} = noisy figure)", tag_backends=True,
+          noisy_of=lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("noisy"))
     return [size_path, lat_path]
 
 

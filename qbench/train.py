@@ -46,7 +46,7 @@ class TrainConfig(Config):
     patience: int = 5
     seed: int = 0
     max_train_batches: int | None = None
-    threads: int = 2
+    threads: int = 1  # one intra-op thread per process: two on a shared 2-core host ran 11-17x slower (spin-wait)
 
     def __post_init__(self) -> None:
         check_range("TrainConfig", "epochs", self.epochs, 1, 10_000, integer=True)

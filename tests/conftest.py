@@ -1,6 +1,44 @@
-"""Shared test configuration: benchmark machine info carries qbench's provenance."""
+"""Shared test configuration: per-backend markers and skips, and benchmark machine info.
+
+Markers come from the backends qbench registers (:class:`qbench.export.Backend`): a test that
+needs a runtime carries ``requires_<backend value>`` (``requires_onnxruntime``,
+``requires_openvino``), either written on it or added here to every test parametrised with a
+``Backend``; it is skipped, with the reason in the summary, when that runtime is not installed.
+A new ``Backend`` member gets its marker without any edit here.
+"""
 
 from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from qbench.export.base import Backend
+
+
+def backend_marker(backend: Backend) -> str:
+    """The marker of tests that need ``backend``'s runtime (its value is the module it imports)."""
+    return f"requires_{backend.value}"
+
+
+def backend_installed(backend: Backend) -> bool:
+    return importlib.util.find_spec(backend.value) is not None
+
+
+def pytest_configure(config) -> None:
+    for backend in Backend:
+        config.addinivalue_line("markers", f"{backend_marker(backend)}: needs the {backend.value} runtime")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for value in params.values():
+            if isinstance(value, Backend):
+                item.add_marker(backend_marker(value))
+        for backend in Backend:
+            if item.get_closest_marker(backend_marker(backend)) and not backend_installed(backend):
+                item.add_marker(pytest.mark.skip(reason=f"{backend.value} is not installed"))
 
 
 def _benchmark_json_folder(config):

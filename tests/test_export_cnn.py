@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from qbench.export import Backend, Precision, check_conformance, export, runner
+from qbench.export import Backend, Conformance, Precision, check_conformance, export, runner
+from qbench.export.conformance import TOL_MAX_STEPS, TOL_STEPS
 from qbench.export.onnx_cnn import WeightContainer
 from qbench.quant import Granularity, QuantConfig
 from qbench.quant.quantize import calibrate, quantize
 from test_quantize import _trained_bn_cnn  # tests/ is on sys.path (it holds conftest.py)
 
 EXPORT_BITS = (2, 4, 8)
-MODULE_OF = {Backend.ORT: "onnxruntime", Backend.OPENVINO: "openvino"}
-MARK_OF = {Backend.ORT: pytest.mark.requires_onnxruntime, Backend.OPENVINO: pytest.mark.requires_openvino}
-BACKENDS = [pytest.param(b, marks=MARK_OF[b], id=b.value) for b in Backend]
+BACKENDS = [pytest.param(b, id=b.value) for b in Backend]  # conftest marks and skips per backend
+TOP1_FLOOR = 0.95
+"""Top-1 agreement of the timed variant: within the step bounds only a few near-ties can flip."""
 
 
-def _need(backend: Backend) -> None:
-    if importlib.util.find_spec(MODULE_OF[backend]) is None:
-        pytest.skip(f"{MODULE_OF[backend]} is not installed")
+def assert_policy(result: Conformance, *, act_bits: int) -> None:
+    """qbench's conformance policy, on any CPU: the best variant conforms and is the one named;
+    failing variants are recorded with their error. Only an 8-bit artifact may fail outright, and
+    then only with a diagnosed cause (pre-VNNI x86 int8 kernels saturate: qbench.export.diagnose)."""
+    failed = [name for name in result.max_steps if name != result.best
+              and (result.p99_steps[name] > result.tol_steps or result.max_steps[name] > result.tol_max_steps)]
+    for name in failed:
+        assert name in (result.reason or ""), f"failing variant {name} not recorded"
+    if result.ok:
+        assert result.p99_steps[result.best] <= TOL_STEPS and result.max_steps[result.best] <= TOL_MAX_STEPS
+        assert result.top1_agreement[result.best] >= TOP1_FLOOR
+        assert result.best_options
+    else:
+        assert act_bits == 8 and result.cause, f"unexplained conformance failure: {result.reason}"
+        assert result.best is None and result.best_options == {} and result.cause in result.reason
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +56,6 @@ def calibrated() -> dict[int, tuple[torch.nn.Module, np.ndarray]]:
 @pytest.mark.parametrize("bits", EXPORT_BITS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_export_conforms(backend: Backend, bits: int, calibrated, tmp_path: Path) -> None:
-    _need(backend)
     q, x = calibrated[bits]
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2])
     assert artifact.size_bytes == sum(f.stat().st_size for f in artifact.files) > 0
@@ -50,15 +65,13 @@ def test_export_conforms(backend: Backend, bits: int, calibrated, tmp_path: Path
     else:  # measured: both runtimes run ONNX INT4 weights; a 2-bit model may also use INT2
         assert artifact.weight_container in (WeightContainer.INT4, WeightContainer.INT2)
     result = check_conformance(artifact, q, x)
-    assert result.ok, result.reason
-    assert all(v == 1.0 for v in result.top1_agreement.values())
+    assert_policy(result, act_bits=bits)
     logits = runner(artifact, threads=1)(x[:3])
     assert logits.shape == (3, 5)
 
 
 @pytest.mark.requires_onnxruntime
 def test_ort_packed_graph_holds_int4_weights(calibrated, tmp_path: Path) -> None:
-    _need(Backend.ORT)
     import onnx
 
     q, x = calibrated[4]
@@ -73,7 +86,6 @@ def test_ort_packed_graph_holds_int4_weights(calibrated, tmp_path: Path) -> None
 def test_int2_refusal_is_recorded(backend: Backend, calibrated, tmp_path: Path) -> None:
     # ORT 1.31 rejects INT2 in its fused QLinearConv at ENABLE_ALL; OpenVINO 2026.4 cannot read
     # INT2. Whatever a runtime does, the artifact says it: int2, or int4 with the refusal noted.
-    _need(backend)
     q, x = calibrated[2]
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2])
     if artifact.weight_container != WeightContainer.INT2:
@@ -82,7 +94,6 @@ def test_int2_refusal_is_recorded(backend: Backend, calibrated, tmp_path: Path) 
 
 @pytest.mark.requires_onnxruntime
 def test_tampered_artifact_fails_conformance(calibrated, tmp_path: Path) -> None:
-    _need(Backend.ORT)
     import onnx
     from onnx import numpy_helper
 
@@ -99,7 +110,6 @@ def test_tampered_artifact_fails_conformance(calibrated, tmp_path: Path) -> None
 
 @pytest.mark.requires_openvino
 def test_openvino_default_precision_runs(calibrated, tmp_path: Path) -> None:
-    _need(Backend.OPENVINO)
     q, x = calibrated[8]
     artifact = export(q, Backend.OPENVINO, out_dir=tmp_path, example=x[:2])
     assert artifact.path.suffix == ".xml" and artifact.files[1].suffix == ".bin"
@@ -110,14 +120,13 @@ def test_openvino_default_precision_runs(calibrated, tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_channel_int4_export_conforms(backend: Backend, tmp_path: Path) -> None:
     # per-channel scales need a per-axis zero point in the repacked INT4 DequantizeLinear
-    _need(backend)
     model, x = _trained_bn_cnn()
     q = quantize(model, QuantConfig(weight_bits=4, act_bits=4, granularity=Granularity.PER_CHANNEL))
     calibrate(q, x, batches=2, batch_size=16)
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2].numpy())
     assert artifact.weight_container == WeightContainer.INT4
     result = check_conformance(artifact, q, x.numpy())
-    assert result.ok, result.reason
+    assert_policy(result, act_bits=4)
 
 
 def test_artifact_is_timed_under_its_fastest_conforming_variant(calibrated, tmp_path: Path, monkeypatch) -> None:
@@ -148,3 +157,60 @@ def test_artifact_is_timed_under_its_fastest_conforming_variant(calibrated, tmp_
     offsets["tie_flips"] = offsets["exact"] = 3 * step  # every variant off by 3 steps: nothing conforms
     result = check_conformance(artifact=None, qmodel=q, x=x)
     assert not result.ok and result.best is None and result.best_options == {}
+
+
+@pytest.mark.requires_onnxruntime
+def test_cnn_exports_without_onnxoptimizer(calibrated, tmp_path: Path, monkeypatch) -> None:
+    """aarch64 has no onnxoptimizer wheel: Brevitas' QCDQ export then runs qbench's own two passes."""
+    import brevitas.export.onnx.manager as manager
+
+    monkeypatch.setattr(manager, "opt", None)  # as Brevitas leaves it when the import fails
+    q, x = calibrated[8]
+    artifact = export(q, Backend.ORT, out_dir=tmp_path, example=x[:2])
+    assert_policy(check_conformance(artifact, q, x), act_bits=8)
+
+
+def test_every_registered_backend_has_a_marker_and_runner(pytestconfig) -> None:
+    """A new Backend member is collected, marked and skipped by conftest without edits to tests."""
+    from qbench.export import conformance_variants  # noqa: F401 - loads every backend's registration
+    from qbench.export.base import _EXPORTERS, _RUNNERS, _VARIANTS, _load_backends
+
+    _load_backends()
+    markers = " ".join(pytestconfig.getini("markers"))
+    for backend in Backend:
+        assert f"requires_{backend.value}:" in markers
+        assert backend in _EXPORTERS and backend in _RUNNERS and backend in _VARIANTS
+
+
+ISA_CHECK = """
+import json, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from qbench.export import Backend, check_conformance, export
+from qbench.quant import QuantConfig
+from qbench.quant.quantize import calibrate, quantize
+from test_quantize import _trained_bn_cnn
+model, x = _trained_bn_cnn()
+q = quantize(model, QuantConfig(weight_bits=8, act_bits=8))
+calibrate(q, x, batches=2, batch_size=16)
+with tempfile.TemporaryDirectory() as d:
+    art = export(q, Backend.OPENVINO, out_dir=Path(d), example=x[:2].numpy())
+    print(json.dumps(check_conformance(art, q, x.numpy()).to_dict()))
+"""
+
+
+@pytest.mark.requires_openvino
+def test_8bit_cnn_on_a_pre_vnni_isa_conforms_or_records_why(tmp_path: Path) -> None:
+    """OpenVINO's oneDNN limited to AVX2 (as on AVX2-only AMD CPUs): measured here, its int8
+    convolution saturates u8 x s8 pair sums and the artifact fails by ~50 steps. Whatever this
+    machine does, qbench's record must follow the policy: conforms, or failed with the cause."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    done = subprocess.run([sys.executable, "-c", ISA_CHECK, str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    if record["status"] == "failed":
+        assert record["reason"] and "openvino_f32" in record["reason"]
+        assert record["cause"] and "saturat" in record["cause"] and record["cause"] in record["reason"]
+    else:
+        assert record["best"] == "openvino_f32"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,14 @@ import torch
 
 from qbench.errors import QbenchError
 from qbench.export import Backend, check_conformance, export, runner
-from qbench.export.conformance import TOL_STEPS_RECURRENT
+from qbench.export.conformance import FLOAT_REASSOCIATION_STEPS, TOL_STEPS, TOL_STEPS_RECURRENT
 from qbench.quant import QuantConfig
 from qbench.quant.quantize import calibrate, quantize
 
-models = pytest.importorskip("models", reason="the models package provides the LSTM student")
-pytest.importorskip("kernels", reason="the LSTM exporter builds from kernels.extract_lstm")
+import models
 
-MODULE_OF = {Backend.ORT: "onnxruntime", Backend.OPENVINO: "openvino"}
-MARK_OF = {Backend.ORT: pytest.mark.requires_onnxruntime, Backend.OPENVINO: pytest.mark.requires_openvino}
-BACKENDS = [pytest.param(b, marks=MARK_OF[b], id=b.value) for b in Backend]
+BACKENDS = [pytest.param(b, id=b.value) for b in Backend]  # conftest marks and skips per backend
 CASES = [(8, 8, "last"), (4, 8, "mean"), (2, 4, "last")]  # (weight bits, act bits, pooling)
-
-
-def _need(backend: Backend) -> None:
-    if importlib.util.find_spec(MODULE_OF[backend]) is None:
-        pytest.skip(f"{MODULE_OF[backend]} is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +38,25 @@ def students() -> dict[tuple[int, int, str], tuple[torch.nn.Module, np.ndarray]]
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"w{c[0]}a{c[1]}-{c[2]}")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_lstm_export_conforms(backend: Backend, case, students, tmp_path: Path) -> None:
-    _need(backend)
     q, x = students[case]
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2])
     assert artifact.weight_bits == case[0]
     result = check_conformance(artifact, q, x)
-    assert result.ok, result.reason
-    assert result.tol_max_steps == TOL_STEPS_RECURRENT
-    # measured: OpenVINO f32 and ORT without graph optimisations reproduce Brevitas bit for bit
+    assert result.ok, result.reason  # the best variant conforms; the failing ones are in the reason
+    assert result.tol_steps == TOL_STEPS and result.tol_max_steps == TOL_STEPS_RECURRENT
+    for name in result.max_steps:
+        if name != result.best and result.max_steps[name] > result.tol_max_steps:
+            assert name in result.reason
+    # OpenVINO f32 and ORT without graph optimisations compute Brevitas' float graph: no code flips,
+    # only float32 reassociation (bit-exact on an AVX-512 Xeon, up to 6.3e-5 steps on AVX2 AMD)
     exact = "openvino_f32" if backend == Backend.OPENVINO else "ort_disable_all"
-    assert result.max_steps[exact] == 0.0
+    assert result.max_steps[exact] <= FLOAT_REASSOCIATION_STEPS
     assert runner(artifact, threads=1)(x[:3]).shape == (3, 5)
 
 
 @pytest.mark.requires_onnxruntime
 def test_lstm_two_bit_refuses_int2_on_ort(students, tmp_path: Path) -> None:
     # ORT 1.31 loads INT2 weights but its ENABLE_ALL graph computes different logits: the probe refuses it
-    _need(Backend.ORT)
     q, x = students[(2, 4, "last")]
     artifact = export(q, Backend.ORT, out_dir=tmp_path, example=x[:2])
     if artifact.weight_container != "int2":

@@ -206,3 +206,58 @@ def test_float32_cell_mode_equals_fixed_point_for_po2_scales() -> None:
         arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant, float32_cell=float32_cell)
         runs.append(run_layer_numba(arrays, x, np.zeros((3, 16), np.int64), np.zeros((3, 16), np.int64)))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_u8_and_int16_products_give_the_same_codes() -> None:
+    # quad blocks (gate_dot_u8 on codes + 128, offset folded into the bias) and pair blocks (gate_dot)
+    for po2 in (True, False):
+        model = _model(40, 64, wbits=8, po2=po2)
+        x = _x(model, 5, 20)
+        runs = []
+        for u8 in (True, False):
+            arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant, u8_inputs=u8)
+            assert arrays.blocks.shape[3] == (4 if u8 else 2)
+            runs.append(run_layer_numba(arrays, x, np.zeros((5, 64), np.int64), np.zeros((5, 64), np.int64)))
+        np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def _check_gate_dot_u8() -> None:
+    import numba
+
+    from kernels.simd import block_weights_u8, gate_dot_u8
+
+    compiled = numba.njit(lambda blocks, zu, acc: gate_dot_u8(blocks, zu, acc))
+    rng = np.random.default_rng(0)
+    for rows, k, batch in [(4, 3, 1), (20, 7, 5), (256, 104, 4), (512, 192, 6), (1024, 320, 9)]:
+        w = rng.integers(-128, 128, (rows, k)).astype(np.int8)
+        w[0] = -128  # with zu = 255: the extreme products
+        blocks = block_weights_u8(w)
+        zu = np.zeros((batch, 4 * blocks.shape[1]), np.uint8)
+        zu[:, :k] = rng.integers(0, 256, (batch, k))
+        zu[0, :k] = 255
+        expected = zu[:, :k].astype(np.int64) @ w.T.astype(np.int64)
+        for run in (compiled, gate_dot_u8):  # the SIMD intrinsic and the NumPy fallback (.py_func)
+            acc = np.full((batch, blocks.shape[0] * 64), 7, np.int32)
+            run(blocks, zu, acc)
+            np.testing.assert_array_equal(acc[:, :rows], expected)
+            assert not acc[:, rows:].any()
+
+
+def test_gate_dot_u8_matches_int64() -> None:
+    _check_gate_dot_u8()
+
+
+def test_gate_dot_u8_portable_path_matches_int64(tmp_path) -> None:
+    # forced below AVX-512 the intrinsic emits portable vector IR instead of vpdpbusd (fresh Numba cache)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels.simd import ISA_ENV
+
+    env = {**os.environ, ISA_ENV: "avx2", "NUMBA_CACHE_DIR": str(tmp_path)}
+    code = "import sys; sys.path[:0] = ['tests', '.']; import test_kernels_lstm as t; t._check_gate_dot_u8()"
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]

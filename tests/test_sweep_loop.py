@@ -84,7 +84,8 @@ def test_a_failed_point_is_recorded_and_the_rest_go_on(tmp_path):
     doc = run_sweep(SMALL, _fake_measure(fail_ids={bad}), out_dir=tmp_path, progress=False)
     assert len(doc.records) == len(ids)
     failed = doc.get(bad)
-    assert failed["status"] == STATUS_FAILED and failed["error"] == "RuntimeError: export refused"
+    assert failed["status"] == STATUS_FAILED
+    assert failed["error"] == "RuntimeError: export refused\nsecond line of detail"  # never truncated
     assert failed["model"] == "lstm" and failed["backend"]
     assert all(r["status"] == STATUS_OK for r in doc.records if r["id"] != bad)
     assert "second line of detail" in (tmp_path / "sweep.log").read_text()  # the traceback is kept

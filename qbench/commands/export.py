@@ -1,87 +1,79 @@
-"""``qbench export``: export one quantized student to runtimes; print sizes, conformance, latency."""
+"""``qbench export``: the sweep's QAT points on every backend: artifacts, conformance, error, latency.
+
+Same options, defaults and cache keys as ``qbench sweep`` (see :mod:`qbench.commands.train`).
+The Brevitas model (backend ``torch``) is always measured first: it is the reference every
+artifact is checked against, and a model qbench cannot quantize stops here with one line (exit 2).
+An artifact that fails (export refused, conformance failed) is a row with its reason, and the
+command exits 1, as a sweep with failed points does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
-HELP = "export one quantized student to ONNX Runtime / OpenVINO; print artifact sizes, conformance and latency"
+HELP = "export quantized students to the integer engine, ONNX Runtime and OpenVINO; print conformance and latency"
 
-BACKEND_NAMES = ("onnxruntime", "openvino")
+EXIT_FAILED_POINTS = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from qbench.commands import quantize as quantize_cmd
+    from qbench.commands import sweep
+    from qbench.commands.train import NOT_TAKEN, add_model_alias
 
-    quantize_cmd.add_arguments(p)
-    p.add_argument("--backends", nargs="+", default=list(BACKEND_NAMES), choices=BACKEND_NAMES,
-                   help="runtimes to export to (default: all)")
-    p.add_argument("--out", type=Path, default=Path("artifacts"), help="folder for the artifacts (default ./artifacts)")
-    p.add_argument("--batch", type=int, default=1, help="batch size for latency (default 1)")
-    p.add_argument("--conformance-clips", type=int, default=64, help="test clips compared with Brevitas (default 64)")
-    p.add_argument("--repeats", type=int, default=30, help="timed runs per latency figure (default 30)")
-    p.add_argument("--skip-qat", action="store_true", help="export the PTQ model (no QAT fine-tuning)")
-
-
-def _quantized_student(args: argparse.Namespace):
-    """(qmodel, dataset): the student trained as `qbench quantize` does, PTQ-calibrated, optionally QAT-tuned."""
-    from qbench.commands.quantize import quant_config
-    from qbench.commands.train import prepare
-    from qbench.quant.quantize import calibrate, quantize
-    from qbench.train import train
-
-    qcfg = quant_config(args)
-    dataset, student, teacher, (_, _, student_cfg, distill) = prepare(args)
-    progress = not args.no_progress
-    fp32 = train(student, dataset, config=student_cfg, teacher=teacher, distill=distill, progress=progress).model
-    qmodel = quantize(fp32, qcfg)
-    calibrate(qmodel, dataset, batches=args.calib_batches, batch_size=student_cfg.batch_size)
-    if not args.skip_qat:
-        qat = student_cfg.replace(epochs=args.qat_epochs or max(1, student_cfg.epochs // 2),
-                                  lr=student_cfg.lr * args.qat_lr_scale)
-        qmodel = train(qmodel, dataset, config=qat, teacher=teacher, distill=distill, progress=progress).model
-    return qmodel.eval(), fp32.eval(), dataset, qcfg.name(args.model)
+    g = p.add_argument_group("students, bit widths and backends")
+    sweep.add_model_arguments(g)
+    add_model_alias(g)
+    g.add_argument("--qat-distill", help="modes (from --distill) whose students get PTQ and QAT "
+                   "(default: the distilled ones, e.g. kd)")
+    sweep.add_quant_arguments(g)
+    g.add_argument("--backends", help="comma-separated: engine,onnxruntime,openvino (default: all; torch, the "
+                   "reference, is always measured)")
+    sweep.add_data_arguments(p)
+    sweep.add_measurement_arguments(p.add_argument_group("measurement"))
+    r = p.add_argument_group("run")
+    sweep.add_run_arguments(r)
+    r.add_argument("--out", type=Path, help="also copy the artifacts here, one folder per model and backend "
+                   "(they are written to the cache)")
+    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "scale_type",
+                                                                      "granularity", "qat_distill", "backends")})
 
 
 def run(args: argparse.Namespace) -> int:
-    from qbench.errors import QbenchError
-    from qbench.export import Backend, Precision, check_conformance, export, runner
-    from qbench.measure import measure_latency, torch_runner
-    from qbench.quant.size import packed_size
+    from qbench.api import measure_points, stage_points, summary_table
+    from qbench.commands.train import stage_pipeline
+    from qbench.sweep.config import SweepBackend
 
-    if args.batch < 1 or args.conformance_clips < 1:
-        raise QbenchError("--batch and --conformance-clips must be >= 1")
-    qmodel, fp32, dataset, name = _quantized_student(args)
-    x_conf = dataset.test.x[: args.conformance_clips]
-    x_lat = dataset.test.x[: args.batch]
-    if len(x_lat) < args.batch:
-        raise QbenchError(f"--batch {args.batch} is larger than the test split ({len(dataset.test.x)} clips)")
-    size = packed_size(qmodel, fp32_reference=fp32)
-    print(f"{name}: packed {size.total_bytes} B ({size.ratio_to_fp32:.3f} of fp32); threads {args.threads}, batch {args.batch}")
-    print(f"{'runner':<34}{'file KiB':>10}{'weights':>9}{'conformance':>13}{'median ms':>11}{'IQR ms':>9}")
-    timing = dict(threads=args.threads, repeats=args.repeats)
-    for label, model in (("torch fp32", fp32), ("brevitas fake-quant", qmodel)):
-        stats = measure_latency(torch_runner(model, threads=args.threads), x_lat, **timing)
-        print(f"{label:<34}{'':>10}{'':>9}{'':>13}{stats.median_ms:>11.3f}{stats.iqr_ms:>9.3f}")
-    for backend in map(Backend, args.backends):
-        artifact = export(qmodel, backend, out_dir=args.out / name / backend.value, example=x_conf[:2], name=name)
-        conf = check_conformance(artifact, qmodel, x_conf, threads=args.threads)
-        status = f"ok {conf.max_steps[conf.best]:.2f}st" if conf.ok else "FAILED"
-        precisions = (Precision.F32, Precision.DEFAULT) if backend == Backend.OPENVINO else (Precision.F32,)
-        for precision in precisions:
-            label = f"{backend.value} ({precision.value})"
-            if not conf.ok:  # a failed artifact is never timed
-                print(f"{label:<34}{artifact.size_bytes / 1024:>10.1f}{artifact.weight_container:>9}{status:>13}")
-                continue
-            options = {**conf.best_options, "precision": precision} if backend == Backend.OPENVINO else conf.best_options
-            run_fn = runner(artifact, threads=args.threads, **options)
-            stats = measure_latency(run_fn, x_lat, **timing)
-            print(f"{label:<34}{artifact.size_bytes / 1024:>10.1f}{artifact.weight_container:>9}{status:>13}"
-                  f"{stats.median_ms:>11.3f}{stats.iqr_ms:>9.3f}")
-        for note in artifact.notes:
-            print(f"  {backend.value}: {note}")
-        if conf.ok:
-            print(f"  {backend.value}: timed as {conf.best}")
-        if conf.reason:
-            print(f"  {backend.value}: {'conformance failed' if not conf.ok else 'non-conforming variants'}: {conf.reason}")
+    if args.backends is not None and "torch" not in [b.strip() for b in args.backends.split(",")]:
+        args.backends = f"torch,{args.backends}"
+    cfg, pipe = stage_pipeline(args)
+    points = stage_points(cfg, "export")
+    reference = [p for p in points if p.backend is SweepBackend.TORCH]
+    by_id = {r["id"]: r for r in measure_points(pipe, reference, strict=True)}
+    by_id.update({r["id"]: r for r in measure_points(pipe, [p for p in points if p not in reference])})
+    records = [by_id[p.id] for p in points]
+    print(summary_table(records))
+    for r in records:
+        for note in (r.get("artifact") or {}).get("notes", []):
+            print(f"  {r['model']} {r['precision']} {r['backend']}: {note}")
+    if args.out is not None:
+        _copy_artifacts(pipe, points, args.out)
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        print(f"qbench export: {len(failed)} of {len(records)} points failed", file=sys.stderr)
+        return EXIT_FAILED_POINTS
     return 0
+
+
+def _copy_artifacts(pipe, points, out: Path) -> None:
+    """``<out>/<model>_w<W>a<A>/<backend>/``: the artifacts of each exported QAT model."""
+    import models
+
+    for p in points:
+        src = pipe.artifact_dir(p.model, p.distill, p.weight_bits, p.act_bits) / p.backend.value
+        if src.is_dir():
+            dst = out / f"{models.file_name(p.model)}_{p.precision}" / p.backend.value
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+    print(f"artifacts copied to {out}")

@@ -1,4 +1,9 @@
-"""``qbench quantize``: train a student, quantize it (PTQ, then QAT) and print error and packed size."""
+"""``qbench quantize``: the sweep's fp32 student, PTQ and QAT points in PyTorch, for the bit widths given.
+
+Same options, defaults and cache keys as ``qbench sweep`` (see :mod:`qbench.commands.train`):
+``qbench quantize --bits 4`` trains, calibrates and fine-tunes exactly the models of a sweep's
+w4a4 points and prints their figures.
+"""
 
 from __future__ import annotations
 
@@ -8,62 +13,25 @@ HELP = "train a student (optionally distilled), quantize it with PTQ and QAT, pr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from qbench.commands import train as train_cmd
+    from qbench.commands import sweep
+    from qbench.commands.train import NOT_TAKEN, add_model_alias
 
-    train_cmd.add_arguments(p)  # the same student, data and distillation options as `qbench train`
-    p.add_argument("--bits", type=int, default=4, help="weight bits, 2-8 (default 4)")
-    p.add_argument("--act-bits", type=int, default=8, help="activation bits, 2-8 or 16 (default 8)")
-    p.add_argument("--granularity", default="per_tensor", choices=("per_tensor", "per_channel"),
-                   help="weight scales per tensor or per output channel (default per_tensor)")
-    p.add_argument("--scale", default="float", choices=("float", "po2"), help="scale type (default float)")
-    p.add_argument("--calib-batches", type=int, default=16, help="PTQ calibration batches (default 16)")
-    p.add_argument("--qat-epochs", type=int, help="QAT fine-tuning epochs (default: half the student's, at least 1)")
-    p.add_argument("--qat-lr-scale", type=float, default=0.1, help="QAT learning rate / student's (default 0.1)")
-
-
-def quant_config(args: argparse.Namespace):
-    """The QuantConfig the arguments describe (validated: bad bits raise ConfigError)."""
-    from qbench.quant import QuantConfig
-
-    return QuantConfig(weight_bits=args.bits, act_bits=args.act_bits, granularity=args.granularity,
-                       scale_type=args.scale)
-
-
-def _row(name: str, size_bytes: int, ratio: float, val: dict, test: dict) -> str:
-    return f"{name:<28}{size_bytes / 1024:>11.2f}{ratio:>9.3f}{val['error']:>10.4f}{test['error']:>10.4f}"
+    g = p.add_argument_group("students and bit widths")
+    sweep.add_model_arguments(g)
+    add_model_alias(g)
+    g.add_argument("--qat-distill", help="modes (from --distill) whose students get PTQ and QAT "
+                   "(default: the distilled ones, e.g. kd)")
+    sweep.add_quant_arguments(g)
+    g.add_argument("--no-ptq", action="store_true", help="skip the post-training-quantization points")
+    sweep.add_data_arguments(p)
+    sweep.add_measurement_arguments(p.add_argument_group("measurement"))
+    sweep.add_run_arguments(p.add_argument_group("run"))
+    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "scale_type",
+                                                                      "granularity", "qat_distill", "no_ptq")})
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
+    from qbench.commands.train import run_stage
 
-    from qbench.commands.train import prepare
-    from qbench.quant.quantize import calibrate, quantize
-    from qbench.quant.size import fp32_size, packed_size
-    from qbench.train import evaluate_model, train
-
-    qcfg = quant_config(args)
-    dataset, student, teacher, (_, _, student_cfg, distill) = prepare(args)
-    progress = not args.no_progress
-    fp32 = train(student, dataset, config=student_cfg, teacher=teacher, distill=distill, progress=progress).model
-    ml = dataset.multilabel
-    ref_bytes = fp32_size(fp32)
-    print(f"{'model':<28}{'size KiB':>11}{'/ fp32':>9}{'val err':>10}{'test err':>10}")
-    print(_row(f"{args.model} fp32", ref_bytes, 1.0, *(evaluate_model(fp32, s, multilabel=ml)
-                                                        for s in (dataset.val, dataset.test))))
-
-    start = time.perf_counter()
-    qmodel = quantize(fp32, qcfg)
-    calibrate(qmodel, dataset, batches=args.calib_batches, batch_size=student_cfg.batch_size)
-    size = packed_size(qmodel, fp32_reference=fp32)
-    name = qcfg.name(args.model)
-    print(_row(f"{name} PTQ", size.total_bytes, size.ratio_to_fp32,
-               *(evaluate_model(qmodel, s, multilabel=ml) for s in (dataset.val, dataset.test))))
-    qat_cfg = student_cfg.replace(epochs=args.qat_epochs or max(1, student_cfg.epochs // 2),
-                                  lr=student_cfg.lr * args.qat_lr_scale)
-    result = train(qmodel, dataset, config=qat_cfg, teacher=teacher, distill=distill, progress=progress)
-    size = packed_size(result.model, fp32_reference=fp32)
-    print(_row(f"{name} QAT", size.total_bytes, size.ratio_to_fp32, result.best_val, result.test))
-    if teacher is not None:
-        print(f"packed {name} / fp32 teacher {args.teacher}: {size.ratio_to(fp32_size(teacher)):.4f}")
-    print(f"quantize + calibrate + QAT: {time.perf_counter() - start:.1f} s; packed bytes {size.to_dict()}")
+    run_stage(args, "quantize")
     return 0

@@ -15,11 +15,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qbench.files import environment_errors, writable_dir
     from qbench.records import ResultsDocument
     from qbench.report import render
 
     path = args.path / RESULTS_FILE if args.path.is_dir() else args.path
     doc = ResultsDocument.load(path)
-    for written in render(doc, args.out):
-        print(written)
+    out = writable_dir(args.out or doc.path.parent, what="report folder")
+    with environment_errors("cannot write the report"):
+        written = render(doc, out)
+    for p in written:
+        print(p)
     return 0

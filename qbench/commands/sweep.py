@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,78 +11,156 @@ HELP = "train, distill, quantize, export and measure students over a grid of bit
 
 DATA_FORMATS = ("esc50", "fsd50k", "speechcommands", "csv")
 SYNTHETIC = ("keywords", "events")
+EXIT_OK = 0
+EXIT_FAILED_POINTS = 1  # the sweep finished, some points failed (recorded with their reasons)
+SHOWN_FAILURES = 5  # failed points whose reasons are printed; the rest are in the records
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("grid")
-    g.add_argument("--models", help="students, comma-separated (default: lstm,dscnn)")
-    g.add_argument("--teacher", help="teacher: transformer (default) or resnet")
-    g.add_argument("--distill", help="distillation modes, comma-separated: none,kd,tkd,kd+tkd (default: none,kd)")
+    add_model_arguments(g)
     g.add_argument("--qat-distill", help="modes (from --distill) whose students get PTQ and QAT "
                    "(default: the distilled ones, e.g. kd)")
+    add_quant_arguments(g)
+    g.add_argument("--backends", help="comma-separated: torch,engine,onnxruntime,openvino (default: all)")
+    g.add_argument("--no-quant", action="store_true", help="fp32 students only (a distillation comparison)")
+    g.add_argument("--no-ptq", action="store_true", help="skip the post-training-quantization baseline points")
+    add_data_arguments(p)
+    m = p.add_argument_group("measurement")
+    add_measurement_arguments(m)
+    m.add_argument("--seeds", help="training seeds of the fp32 students, e.g. 0,1,2 (mean and spread reported; "
+                   "PTQ/QAT start from the first)")
+    r = p.add_argument_group("run")
+    add_run_arguments(r)
+    r.add_argument("--out", type=Path, help="results folder (default: results/<machine>/<sweep name>)")
+    r.add_argument("--fresh", action="store_true", help="discard results already in --out instead of resuming")
+    r.add_argument("--retry-failed", action="store_true", help="rerun points recorded as failed")
+
+
+# The option groups below are shared with `train`, `quantize` and `export`: one name, one meaning.
+
+def add_model_arguments(g) -> None:
+    """Students, teacher, distillation and training budget."""
+    g.add_argument("--models", help="students, comma-separated: registry names (lstm, dscnn, crnn) or a model you "
+                   "bring as file.py:factory (default: lstm,dscnn)")
+    g.add_argument("--checkpoint", type=Path, help="a state dict the one student in --models starts from instead "
+                   "of training")
+    g.add_argument("--teacher", help="teacher: transformer (default) or resnet")
+    g.add_argument("--distill", help="distillation modes, comma-separated: none,kd,tkd,kd+tkd (default: none,kd)")
     g.add_argument("--kd-temperature", type=float, help="softmax temperature of output KD (default 4)")
     g.add_argument("--kd-alpha", type=float, help="weight of the soft-target loss against the labels (default 0.5)")
     g.add_argument("--tkd-lambda", type=float, help="weight of the temporal attention KL (default 1)")
+    g.add_argument("--epochs", type=int, help="fp32 student epochs (default 15; lstm 60)")
+    g.add_argument("--teacher-epochs", type=int, help="teacher epochs (default 40)")
+    g.add_argument("--clip-norm", choices=("clip", "causal", "none"),
+                   help="per-clip level normalisation of every model: clip mean (default), causal running mean "
+                        "(streaming), or none")
+
+
+def add_quant_arguments(g) -> None:
+    """Bit widths and quantizer options."""
     g.add_argument("--bits", help="bit widths for weights and activations together, e.g. 2,4,8 (w2a2, w4a4, w8a8)")
     g.add_argument("--weight-bits", help="weight bit widths; crossed with --act-bits (default 8)")
     g.add_argument("--act-bits", help="activation bit widths; crossed with --weight-bits (default 8)")
     g.add_argument("--scale-type", choices=("float", "po2"), help="quantizer scales: float (default) or power-of-two")
     g.add_argument("--granularity", choices=("per_tensor", "per_channel"), help="weight scales (default per_tensor)")
-    g.add_argument("--backends", help="comma-separated: torch,engine,onnxruntime,openvino (default: all)")
-    g.add_argument("--no-quant", action="store_true", help="fp32 students only (a distillation comparison)")
-    g.add_argument("--no-ptq", action="store_true", help="skip the post-training-quantization baseline points")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=SYNTHETIC, help="built-in generated data (default: keywords)")
     d.add_argument("--data", type=Path, help="a dataset folder you bring (needs --dataset-format)")
     d.add_argument("--dataset-format", choices=DATA_FORMATS, help="layout of --data")
     d.add_argument("--seconds", type=float, help="clip length in seconds (default 3)")
     d.add_argument("--clips-per-class", type=int, help="size of generated data (default 250)")
-    m = p.add_argument_group("measurement")
+    d.add_argument("--test-clips", type=int, help="clips in the generated test split (default 3000)")
+    d.add_argument("--snr", help="generated data's foreground-to-background range: hard (0-20 dB, default), "
+                   "clean (10-30 dB) or LOW,HIGH")
+
+
+def add_measurement_arguments(m) -> None:
     m.add_argument("--threads", help="thread counts to time, comma-separated; 0 = all cores (default: 1,0)")
     m.add_argument("--batch", type=int, help="the larger batch size timed beside batch 1 (default 32)")
     m.add_argument("--no-latency", action="store_true", help="measure error and size only (latency NaN)")
     m.add_argument("--seed", type=int, help="seed for data, initial weights and batch order (default 0)")
-    r = p.add_argument_group("run")
+
+
+def add_run_arguments(r) -> None:
     r.add_argument("--quick", action="store_true", help="a tiny smoke run: little data, one short epoch each")
-    r.add_argument("--out", type=Path, help="results folder (default: results/<machine>/<sweep name>)")
     r.add_argument("--cache", type=Path, help="cache for features and trained models (default: $QBENCH_CACHE or ~/.cache/qbench)")
-    r.add_argument("--fresh", action="store_true", help="discard results already in --out instead of resuming")
-    r.add_argument("--retry-failed", action="store_true", help="rerun points recorded as failed")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit code: 0 every point ok, 1 some points failed; bad input raises QbenchError (the CLI's 2)."""
+    from qbench.data.config import default_cache_dir
+    from qbench.files import writable_dir
     from qbench.report import render
     from qbench.sweep.config import SweepConfig
     from qbench.sweep.options import config_from_args, validate_names
     from qbench.sweep.pipeline import Pipeline
-    from qbench.sweep.run import RESULTS_FILE, default_out_dir, run_sweep
+    from qbench.sweep.run import default_out_dir, run_sweep
 
     cfg: SweepConfig = config_from_args(args)
     validate_names(cfg)
     out_dir = args.out or default_out_dir(cfg)
-    if args.fresh and (out_dir / RESULTS_FILE).exists():
-        shutil.rmtree(out_dir)
-    _check_writable(out_dir)
+    cache_dir = writable_dir(args.cache or default_cache_dir(), what="cache folder")
     start = time.perf_counter()
-    pipeline = Pipeline(cfg, cache_dir=args.cache, progress=not args.no_progress)
+    pipeline = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
     doc = run_sweep(cfg, pipeline.measure, out_dir=out_dir, progress=not args.no_progress,
-                    retry_failed=args.retry_failed)
+                    retry_failed=args.retry_failed, fresh=args.fresh, prepare=_shared_stages(pipeline))
+    _record_stage_times(doc, pipeline, time.perf_counter() - start)
     written = render(doc)
     failed = [r for r in doc.records if r["status"] != "ok"]
     print(f"{len(doc.records)} points ({len(failed)} failed) in {time.perf_counter() - start:.0f} s -> {out_dir}")
     for path in written:
         print(f"  {path}")
-    for r in failed:
-        print(f"  failed {r['id']}: {r['error']}", file=sys.stderr)
-    return 0
+    if not failed:
+        return EXIT_OK
+    print(f"qbench sweep: {len(failed)} of {len(doc.records)} points failed (reasons in {doc.path}):", file=sys.stderr)
+    for r in failed[:SHOWN_FAILURES]:
+        print(f"  {r['id']}: {_first_line(r['error'])}", file=sys.stderr)
+    if len(failed) > SHOWN_FAILURES:
+        print(f"  ... and {len(failed) - SHOWN_FAILURES} more", file=sys.stderr)
+    return EXIT_FAILED_POINTS
 
 
-def _check_writable(out_dir: Path) -> None:
-    from qbench.errors import QbenchError
+def _record_stage_times(doc, pipeline, wall_seconds: float) -> None:
+    """Store and print where this run's time went (only when it measured something)."""
+    stages = {k: round(v, 1) for k, v in sorted(pipeline.stage_seconds.items(), key=lambda kv: -kv[1])}
+    if not stages:
+        return
+    doc.provenance["run_seconds"] = {"wall": round(wall_seconds, 1), "stages": stages}
+    doc.save()
+    print("time by stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + f" (wall {wall_seconds:.0f} s)")
 
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise QbenchError(f"cannot write results under {out_dir}: {probe} is not a writable folder")
+
+def _first_line(reason: str | None) -> str:
+    lines = str(reason or "").splitlines()
+    return lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
+
+
+def _shared_stages(pipeline):
+    """``prepare`` for run_sweep: the dataset and the teacher, which every point needs (each
+    student states its size against the teacher's), so when either cannot be built the sweep
+    stops with that one reason instead of recording every point as failed with it."""
+    from qbench.api import prepare as prepare_stages
+
+    def prepare(todo) -> None:
+        prepare_stages(pipeline, show=show_data)
+
+    return prepare
+
+
+def show_data(dataset) -> None:
+    print(f"data: {_data_line(dataset.summary())}", flush=True)
+
+
+def _data_line(summary: dict) -> str:
+    counts = summary["counts"]
+    line = (f"{len(summary['classes'])} classes, clips train {counts['train']} / val {counts['val']} / "
+            f"test {counts['test']}, {summary['skipped']} skipped")
+    if summary["skipped"]:
+        first = summary["skipped_clips"][0]
+        line += f" (first {first['path']}: {first['reason']})"
+    return line

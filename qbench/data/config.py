@@ -117,6 +117,10 @@ class DataConfig(Config):
     that many clips); loaders use every file they find. ``val_fraction``/``test_fraction`` split
     the synthetic sets (by voice settings) and CSV folders without a split column (by a hash of
     the file name); ESC-50, FSD50K and Speech Commands use their official splits.
+    ``test_clips`` sizes the synthetic test split on its own (spread evenly over the classes):
+    a test split must resolve the differences compared on it (+-1 point needs thousands of
+    clips), while the training split's size is a budget choice.
+    ``snr_db`` sets how hard the synthetic sets are (:data:`SNR_PRESETS`).
     """
 
     kind: DatasetKind = DatasetKind.KEYWORDS
@@ -126,6 +130,7 @@ class DataConfig(Config):
     clips_per_class: int = 250
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    test_clips: int | None = None  # synthetic sets: clips in the test split (None: test_fraction)
     seed: int = 0
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
 
@@ -144,6 +149,10 @@ class DataConfig(Config):
         check_range(owner, "clips_per_class", self.clips_per_class, 3, 1_000_000, integer=True)
         check_range(owner, "val_fraction", self.val_fraction, 0.01, 0.5)
         check_range(owner, "test_fraction", self.test_fraction, 0.01, 0.5)
+        if self.test_clips is not None:
+            if not self.kind.synthetic:
+                raise ConfigError(f"{owner}.test_clips sizes generated data only; {self.kind.value} has its own split")
+            check_range(owner, "test_clips", self.test_clips, 1, 1_000_000, integer=True)
         check_range(owner, "seed", self.seed, 0, 2**32 - 1, integer=True)
         if not isinstance(self.features, FeatureConfig):
             raise ConfigError(f"{owner}.features must be a FeatureConfig, got {type(self.features).__name__}")
@@ -160,6 +169,13 @@ class DataConfig(Config):
             raise ConfigError(f"DataConfig.snr_db low must not exceed high, got {tuple(snr)!r}")
         object.__setattr__(self, "snr_db", (float(snr[0]), float(snr[1])))
 
+    def split_sizes(self, total: int, n_classes: int = 1) -> dict[str, int]:
+        """Examples per split of a synthetic set of ``total`` (per class: ``n_classes=1``)."""
+        counts = split_counts(total, self.val_fraction, self.test_fraction)
+        if self.test_clips is not None:
+            counts["test"] = max(1, math.ceil(self.test_clips / n_classes))
+        return counts
+
     @property
     def n_samples(self) -> int:
         """Samples per clip at the feature rate."""
@@ -168,6 +184,13 @@ class DataConfig(Config):
     @property
     def n_frames(self) -> int:
         return self.features.n_frames(self.clip_seconds)
+
+
+SNR_PRESETS: dict[str, tuple[float, float]] = {
+    "hard": (0.0, 20.0),  # the default: babble and coloured noise up to as loud as the word
+    "clean": (10.0, 30.0),  # closer to Speech Commands' recording conditions
+}
+"""Named foreground-to-background ranges (dB) of the synthetic sets."""
 
 
 def default_cache_dir() -> Path:

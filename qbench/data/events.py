@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from qbench.data.config import SPLITS, DataConfig, split_counts
+from qbench.data.config import SPLITS, DataConfig
 from qbench.data.keywords import BABBLE_PHRASES
 from qbench.data.synth import NOISE_COLOURS, SpeechBank, Voice, coloured_noise, rms
 from qbench.data.voices import split_voices
@@ -152,7 +152,7 @@ def plan_split(cfg: DataConfig, split: str) -> list[Plan]:
     """The events of every clip of one split."""
     index = SPLITS.index(split)
     voices = split_voices(cfg.seed, cfg.val_fraction, cfg.test_fraction)[split]
-    count = split_counts(n_clips(cfg), cfg.val_fraction, cfg.test_fraction)[split]
+    count = cfg.split_sizes(n_clips(cfg))[split]
     return [plan_clip(cfg, index, i, voices) for i in range(count)]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from qbench.data.config import SPLITS, DataConfig, split_counts
+from qbench.data.config import SPLITS, DataConfig
 from qbench.data.synth import SpeechBank, Voice, background, rms
 from qbench.data.voices import split_voices
 
@@ -60,7 +60,7 @@ def babble_requests(voices: list[Voice], seed: int, split_index: int) -> list[Re
 
 def split_labels(cfg: DataConfig, split_index: int) -> np.ndarray:
     """``(n,)`` int64 class indices of one split: balanced, shuffled by the seed."""
-    per_class = split_counts(cfg.clips_per_class, cfg.val_fraction, cfg.test_fraction)[SPLITS[split_index]]
+    per_class = cfg.split_sizes(cfg.clips_per_class, len(CLASSES))[SPLITS[split_index]]
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.int64), per_class)
     return np.random.default_rng([cfg.seed, split_index, 0x1AB]).permutation(labels)
 

@@ -34,6 +34,15 @@ class Precision(str, Enum):
     """The runtime's own choice (OpenVINO CPU: bf16 where the CPU has it); latency only."""
 
 
+class LSTMGraph(str, Enum):
+    """How an LSTM student is lowered to ONNX (other students have one graph and ignore it)."""
+
+    FAKEQUANT_UNROLLED = "fakequant_unrolled"
+    """Brevitas' float32 graph: float MatMul on dequantized weights, fake-quantized activations, T unrolled."""
+    INTEGER_SCAN = "integer_scan"
+    """The integer engine's arithmetic: MatMulInteger, requantization, table Gathers, one Scan over time."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Artifact:
     """An exported model on disk and how it is to be run."""
@@ -47,6 +56,7 @@ class Artifact:
     weight_bits: int
     act_bits: int
     notes: tuple[str, ...] = ()
+    lstm_graph: str | None = None  # LSTMGraph value of an LSTM student's artifact, None for other students
 
     def with_precision(self, precision: Precision) -> Artifact:
         return dataclasses.replace(self, precision=Precision(precision))
@@ -67,7 +77,7 @@ _VARIANTS: dict[Backend, Callable[[Artifact], dict[str, dict[str, Any]]]] = {}
 
 
 def register_exporter(backend: Backend) -> Callable[[Exporter], Exporter]:
-    """Register ``exporter(qmodel, *, out_dir, example, name) -> Artifact`` for ``backend``."""
+    """Register ``exporter(qmodel, *, out_dir, example, name, lstm_graph) -> Artifact`` for ``backend``."""
 
     def deco(fn: Exporter) -> Exporter:
         _EXPORTERS[backend] = fn
@@ -94,11 +104,13 @@ def _load_backends() -> None:
 
 
 def export(qmodel: nn.Module, backend: Backend | str, *, out_dir: Path, example: np.ndarray,
-           name: str = "model") -> Artifact:
-    """Export a quantized student to ``backend`` under ``out_dir``; ``example`` is (B, T, F)."""
+           name: str = "model", lstm_graph: LSTMGraph | str = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
+    """Export a quantized student to ``backend`` under ``out_dir``; ``example`` is (B, T, F);
+    ``lstm_graph`` picks an LSTM student's lowering."""
     _load_backends()
     backend = Backend(backend)
-    return _EXPORTERS[backend](qmodel, out_dir=Path(out_dir), example=example, name=name)
+    return _EXPORTERS[backend](qmodel, out_dir=Path(out_dir), example=example, name=name,
+                               lstm_graph=LSTMGraph(lstm_graph))
 
 
 def runner(artifact: Artifact, *, threads: int, **options: Any) -> Run:

@@ -11,7 +11,9 @@ are within :data:`TOL_STEPS` (the 99th percentile of the error) and no output is
 :data:`TOL_MAX_STEPS` (:data:`TOL_STEPS_RECURRENT` for recurrent students). An error in scales,
 zero points, clipping or layout moves most outputs by many steps. The artifact conforms when
 any variant does; it is timed under the first (most optimised) variant that conforms, and the
-variants that failed are reported.
+variants that failed are reported. When a variant of an 8-bit feed-forward student fails,
+:mod:`qbench.export.diagnose` checks why (the CPU's VNNI flags, a saturation probe on the same
+runtime variant) and the result names the likely cause.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ TOL_STEPS_RECURRENT = 16.0
 """Largest error allowed in a recurrent student, where a code flipped at a tie feeds back into
 every later step. ORT ENABLE_EXTENDED/ALL moved a trained LSTM's logits by 30-51 steps (p99 6-14,
 top-1 agreement 91 % at w4a4): that fails; BASIC and OpenVINO f32 are exact."""
+FLOAT_REASSOCIATION_STEPS = 1e-3
+"""Error of a runtime variant that computes the same float32 graph as Brevitas in another order
+(OpenVINO f32, ONNX Runtime DISABLE_ALL on a fake-quantized LSTM): 0 on an AVX-512 Xeon, 1.7e-6 to
+6.3e-5 steps on an AVX2 AMD EPYC; a code flipped at a tie would cost a whole step."""
 FLOAT_FLOOR = 1e-5  # fp32 reassociation between runtimes, relative to the logit range
 
 
@@ -52,6 +58,7 @@ class Conformance:
     best: str | None  # the most optimised conforming variant: the one to time
     best_options: dict[str, Any]  # its runner options
     n: int
+    cause: str | None = None  # why variants failed, from qbench.export.diagnose (8-bit feed-forward students)
 
     @property
     def ok(self) -> bool:
@@ -106,8 +113,8 @@ def check_conformance(
     from brevitas.nn import QuantLSTM
 
     tol_steps = TOL_STEPS if tol_steps is None else tol_steps
+    recurrent = any(isinstance(m, QuantLSTM) for m in qmodel.modules())
     if tol_max_steps is None:
-        recurrent = any(isinstance(m, QuantLSTM) for m in qmodel.modules())
         tol_max_steps = TOL_STEPS_RECURRENT if recurrent else TOL_MAX_STEPS
     x = getattr(x, "x", x)  # a dataset Split: its (N, T, F) frames
     ref, step = reference_and_step(qmodel, x)
@@ -116,6 +123,7 @@ def check_conformance(
     p99: dict[str, float] = {}
     top1: dict[str, float] = {}
     failures: list[str] = []
+    deviating: list[str] = []  # variants that ran and computed something else
     best: str | None = None
     variants = conformance_variants(artifact)
     for name, options in variants.items():
@@ -133,10 +141,30 @@ def check_conformance(
         if p99[name] > tol_steps or max_steps[name] > tol_max_steps:
             failures.append(f"{name}: error p99 {p99[name]:.2f} / max {max_steps[name]:.2f} steps > "
                             f"{tol_steps:g} / {tol_max_steps:g} (step {step:.3g}, top-1 agreement {top1[name]:.3f})")
+            deviating.append(name)
         elif best is None:
             best = name
+    cause = None
+    # diagnose a runtime's fused int8 path, not a wrong artifact: when every variant of several
+    # fails (ONNX Runtime's unfused DISABLE_ALL included), the graph itself is wrong
+    if deviating and artifact is not None and not recurrent and (best is not None or len(variants) == 1):
+        cause = _cause(artifact, [variants[name] for name in deviating])
+        if cause:
+            failures.append(cause)
     return Conformance(
         status="ok" if best is not None else "failed", reason="; ".join(failures) or None, step=step,
         tol_steps=tol_steps, tol_max_steps=tol_max_steps, max_steps=max_steps, p99_steps=p99,
         top1_agreement=top1, best=best, best_options=dict(variants[best]) if best else {}, n=int(x.shape[0]),
+        cause=cause,
     )
+
+
+def _cause(artifact: Artifact, failed_options: list[dict[str, Any]]) -> str | None:
+    """The likely cause of the failed variants of an int8 artifact (the first the checks find)."""
+    from qbench.export.diagnose import likely_cause
+
+    for options in failed_options:
+        cause = likely_cause(artifact.backend, options, act_bits=artifact.act_bits)
+        if cause:
+            return cause
+    return None

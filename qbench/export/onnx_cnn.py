@@ -65,11 +65,14 @@ def export_qcdq(qmodel: nn.Module, path: Path, example: torch.Tensor | np.ndarra
     """
     from brevitas.export import export_onnx_qcdq
 
+    from qbench.export.onnx_passes import install as install_onnx_passes
+
     x = torch.as_tensor(np.asarray(example, dtype=np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = qmodel.training
     qmodel.eval()
     try:
+        install_onnx_passes()  # onnxoptimizer is absent on aarch64 (no wheel): its two passes in plain onnx
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # TorchScript exporter: Brevitas' dynamo path refuses quantized (int32) biases
@@ -78,8 +81,8 @@ def export_qcdq(qmodel: nn.Module, path: Path, example: torch.Tensor | np.ndarra
                 keep_initializers_as_inputs=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
-    except ModuleNotFoundError as exc:  # Brevitas' ONNX path needs onnxoptimizer, an easy one to miss
-        raise QbenchError(f"ONNX export needs the {exc.name or 'onnx/onnxoptimizer'} package: {exc}") from exc
+    except ModuleNotFoundError as exc:  # Brevitas' ONNX path needs onnx
+        raise QbenchError(f"ONNX export needs the {exc.name or 'onnx'} package: {exc}") from exc
     except (RuntimeError, AssertionError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise QbenchError(f"Brevitas QCDQ export failed for {type(qmodel).__name__}: {first}") from exc

@@ -129,14 +129,23 @@ def _clip_norm(g: _Graph, x: str, clip_norm) -> str:
     if clip_norm is None or clip_norm.mode is ClipNormMode.NONE:
         return x
     if clip_norm.mode is ClipNormMode.CLIP:
-        return g.op("Sub", x, g.op("ReduceMean", x, axes=[1, 2], keepdims=1))
+        return g.op("Sub", x, _snap_level(g, g.op("ReduceMean", x, axes=[1, 2], keepdims=1)))
     level = g.op("ReduceMean", x, axes=[2], keepdims=1)  # (B, T, 1)
     running = g.op("CumSum", level, g.const("clip_norm.axis", np.array(1, np.int64)))
     seen = g.op("Add", g.op("Cast", g.op("Range", g.const("clip_norm.zero", np.array(0, np.int64)),
                                                  g.op("Gather", g.op("Shape", x), g.const("clip_norm.t", np.array(1, np.int64))),
                                                  g.const("clip_norm.one", np.array(1, np.int64))), to=1),
                 g.const("clip_norm.onef", np.array(1.0, np.float32)))  # 1, 2, ..., T as float32
-    return g.op("Sub", x, g.op("Div", running, g.op("Unsqueeze", seen, g.const("clip_norm.axes", np.array([1], np.int64)))))
+    level = g.op("Div", running, g.op("Unsqueeze", seen, g.const("clip_norm.axes", np.array([1], np.int64))))
+    return g.op("Sub", x, _snap_level(g, level))
+
+
+def _snap_level(g: _Graph, level: str) -> str:
+    """``models.frontend.snap_level``: Round (half to even) to multiples of LEVEL_STEP, exactly as torch."""
+    from models.frontend import LEVEL_STEP
+
+    step = g.const("clip_norm.step", np.array(LEVEL_STEP, np.float32))
+    return g.op("Mul", g.op("Round", g.op("Div", level, step)), step)
 
 
 def _front_end(g: _Graph, x: str, clip_norm, frame_pool: nn.AvgPool1d | None, norm: nn.BatchNorm1d | None) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qbench.export.base import Artifact, Backend, Precision, Run, files_size, register_exporter, register_runner
+from qbench.export.base import (Artifact, Backend, LSTMGraph, Precision, Run, files_size, register_exporter,
+                                register_runner)
 from qbench.export.onnx_cnn import act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
 
 DEVICE = "CPU"
@@ -36,26 +37,35 @@ def default_precision() -> str:
 
 
 @register_exporter(Backend.OPENVINO)
-def export_openvino(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model") -> Artifact:
-    """QCDQ ONNX -> tightest weight container OpenVINO compiles -> IR (``.xml`` + ``.bin``, no fp16 compression)."""
+def export_openvino(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model",
+                    lstm_graph: LSTMGraph = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
+    """QCDQ ONNX -> tightest weight container OpenVINO compiles -> IR (``.xml`` + ``.bin``, no fp16 compression).
+    An LSTM student's ``integer_scan`` graph keeps int8 weight codes (MatMulInteger's input)."""
     import openvino as ov
 
-    onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
+    from qbench.export.onnx_lstm_int import lstm_graph_of, write_integer_lstm
+
     bits = max(weight_bits(qmodel), default=8)
-    x = np.ascontiguousarray(example, dtype=np.float32)
+    graph = lstm_graph_of(qmodel, lstm_graph)
+    if graph is LSTMGraph.INTEGER_SCAN:
+        src, container, notes = write_integer_lstm(qmodel, out_dir / f"{name}.{graph.value}.onnx", example)
+    else:
+        onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
+        x = np.ascontiguousarray(example, dtype=np.float32)
 
-    def check(path: Path) -> None:
-        packed, int8 = _compile(path), _compile(onnx_path)
-        check_same_outputs(lambda v: packed(v)[0], lambda v: int8(v)[0], x)
+        def check(path: Path) -> None:
+            packed, int8 = _compile(path), _compile(onnx_path)
+            check_same_outputs(lambda v: packed(v)[0], lambda v: int8(v)[0], x)
 
-    src, container, notes = try_packed(onnx_path, bits, check)
-    xml = out_dir / f"{name}.{container.value}.xml"
+        src, container, notes = try_packed(onnx_path, bits, check)
+    xml = out_dir / f"{name}.{container.value}{'.' + graph.value if graph else ''}.xml"
     ov.save_model(ov.Core().read_model(str(src)), str(xml), compress_to_fp16=False)
     files = (xml, xml.with_suffix(".bin"))
     notes = notes + (f"IR converted from {src.name}; CPU default inference precision is {default_precision()}",)
     return Artifact(
         backend=Backend.OPENVINO, path=xml, files=files, size_bytes=files_size(files), precision=Precision.F32,
         weight_container=container.value, weight_bits=bits, act_bits=act_bits(qmodel), notes=notes,
+        lstm_graph=graph and graph.value,
     )
 
 

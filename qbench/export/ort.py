@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qbench.export.base import Artifact, Backend, Precision, Run, files_size, register_exporter, register_runner
+from qbench.export.base import (Artifact, Backend, LSTMGraph, Precision, Run, files_size, register_exporter,
+                                register_runner)
 from qbench.export.onnx_cnn import INPUT_NAME, act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
 
 OPT_LEVELS = ("disable_all", "enable_all")
@@ -62,16 +63,24 @@ def _kernels_after_fusion(path: Path) -> str:
 
 
 @register_exporter(Backend.ORT)
-def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model") -> Artifact:
-    """QCDQ ONNX; weights of <= 4 (<= 2) bits are repacked as INT4 (INT2) when ORT runs that form."""
-    onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
-    x = np.ascontiguousarray(example, dtype=np.float32)
-    path, container, notes = try_packed(onnx_path, max(weight_bits(qmodel), default=8), _runs_like(onnx_path, x))
+def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model",
+               lstm_graph: LSTMGraph = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
+    """QCDQ ONNX; weights of <= 4 (<= 2) bits are repacked as INT4 (INT2) when ORT runs that form.
+    An LSTM student's ``integer_scan`` graph keeps int8 weight codes (MatMulInteger's input)."""
+    from qbench.export.onnx_lstm_int import lstm_graph_of, write_integer_lstm
+
+    graph = lstm_graph_of(qmodel, lstm_graph)
+    if graph is LSTMGraph.INTEGER_SCAN:
+        path, container, notes = write_integer_lstm(qmodel, out_dir / f"{name}.{graph.value}.onnx", example)
+    else:
+        onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
+        x = np.ascontiguousarray(example, dtype=np.float32)
+        path, container, notes = try_packed(onnx_path, max(weight_bits(qmodel), default=8), _runs_like(onnx_path, x))
     notes = notes + (f"CPU execution provider; ENABLE_ALL runs {_kernels_after_fusion(path)}",)
     return Artifact(
         backend=Backend.ORT, path=path, files=(path,), size_bytes=files_size((path,)), precision=Precision.F32,
         weight_container=container.value, weight_bits=max(weight_bits(qmodel), default=8),
-        act_bits=act_bits(qmodel), notes=notes,
+        act_bits=act_bits(qmodel), notes=notes, lstm_graph=graph and graph.value,
     )
 
 

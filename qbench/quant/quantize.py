@@ -244,14 +244,21 @@ class GlobalMean(nn.Module):
         return f"dims={self.dims}"
 
 
-@register_quantizer(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-def _global_mean(pool: nn.Module, qcfg: QuantConfig, ctx: SwapContext) -> nn.Module:
+def global_mean_dims(pool: nn.Module) -> tuple[int, ...] | None:
+    """The dims an adaptive average pool to sizes 1/None averages away; None for a real resampling pool."""
     sizes = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * (
         1 if isinstance(pool, nn.AdaptiveAvgPool1d) else 2)
     if any(s not in (1, None) for s in sizes):
-        return pool  # a real resampling pool: kept float, its output requantized by the next layer
+        return None
     n = len(sizes)
-    return GlobalMean(tuple(-n + i for i, s in enumerate(sizes) if s == 1))
+    return tuple(-n + i for i, s in enumerate(sizes) if s == 1)
+
+
+@register_quantizer(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+def _global_mean(pool: nn.Module, qcfg: QuantConfig, ctx: SwapContext) -> nn.Module:
+    dims = global_mean_dims(pool)
+    # a real resampling pool is kept float, its output requantized by the next layer
+    return pool if dims is None else GlobalMean(dims)
 
 
 @register_quantizer(nn.LSTM)

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from qbench.data.config import DataConfig, DatasetKind
+from qbench.data.config import SNR_PRESETS, DataConfig, DatasetKind
 from qbench.errors import ConfigError, QbenchError
-from qbench.sweep.config import SweepConfig, bit_pairs, parse_bits, parse_int_list
+from qbench.sweep.config import DEFAULT_TEST_CLIPS, SweepConfig, bit_pairs, parse_bits, parse_int_list
 from qbench.train import TrainConfig
 
 
@@ -20,9 +20,10 @@ def quick_preset(cfg: SweepConfig) -> SweepConfig:
     """A smoke run of the same road: 1 s clips, a dozen clips a class, a few batches per stage."""
     tiny = TrainConfig(epochs=1, patience=1, batch_size=16, max_train_batches=3)
     return cfg.replace(
-        data=cfg.data.replace(clip_seconds=min(cfg.data.clip_seconds, 1.0), clips_per_class=12)
+        data=cfg.data.replace(clip_seconds=min(cfg.data.clip_seconds, 1.0), clips_per_class=12, test_clips=None)
         if cfg.data.kind.synthetic else cfg.data,
-        teacher_train=tiny, student_train=tiny, qat_train=tiny.replace(lr=5e-4),
+        teacher_train=tiny, student_train=tiny, qat_train=tiny.replace(lr=5e-4), student_epochs=(),
+        teacher_clips_per_class=None,
         latency_repeats=5, eval_limit=64, batch=8,
     )
 
@@ -40,12 +41,31 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         fields["clips_per_class"] = args.clips_per_class
     if args.seed is not None:
         fields["seed"] = args.seed
+    if getattr(args, "snr", None) is not None:
+        fields["snr_db"] = parse_snr(args.snr)
+    if getattr(args, "test_clips", None) is not None:
+        fields["test_clips"] = args.test_clips
     if args.data is not None:
+        if "snr_db" in fields or "test_clips" in fields:
+            raise ConfigError("--snr and --test-clips shape generated data; --data brings its own")
         if args.dataset_format is None:
             raise ConfigError("--data needs --dataset-format (esc50, fsd50k, speechcommands or csv)")
         check_readable_dir(args.data)
         return DataConfig(kind=DatasetKind(args.dataset_format), path=str(args.data.resolve()), **fields)
+    fields.setdefault("test_clips", DEFAULT_TEST_CLIPS)
     return DataConfig(kind=DatasetKind(args.dataset or "keywords"), **fields)
+
+
+def parse_snr(text: str) -> tuple[float, float]:
+    """``--snr``: a preset name (hard, clean) or ``LOW,HIGH`` in dB."""
+    if text in SNR_PRESETS:
+        return SNR_PRESETS[text]
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        low, high = (float(t) for t in parts)
+    except ValueError:
+        raise ConfigError(f"--snr: expected {' or '.join(SNR_PRESETS)} or LOW,HIGH in dB, got {text!r}") from None
+    return (low, high)
 
 
 def check_readable_dir(path: Path) -> None:
@@ -76,11 +96,20 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
             fields[name] = _csv(value)
     if args.teacher is not None:
         fields["teacher"] = args.teacher
+    if getattr(args, "checkpoint", None) is not None:
+        fields["checkpoints"] = checkpoint_option(args.checkpoint, fields.get("models", SweepConfig.models))
     if args.threads is not None:
         fields["threads"] = parse_int_list("--threads", args.threads)
     for name in ("batch", "seed"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if getattr(args, "seeds", None) is not None:
+        seeds = parse_int_list("--seeds", args.seeds)
+        if args.seed is not None:
+            raise ConfigError("--seeds lists every training seed; drop --seed")
+        fields["seed"], fields["seeds"] = seeds[0], seeds[1:]
+    if getattr(args, "clip_norm", None) is not None:
+        fields["clip_norm"] = args.clip_norm
     if args.no_ptq:
         fields["ptq"] = False
     if args.no_latency:
@@ -102,15 +131,40 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                if getattr(args, option) is not None}
     if distill:
         base = base.replace(distill_params=base.distill_params.replace(**distill))
-    return quick_preset(base) if args.quick else base
+    base = quick_preset(base) if args.quick else base
+    return epochs_options(base, getattr(args, "epochs", None), getattr(args, "teacher_epochs", None))
+
+
+def epochs_options(cfg: SweepConfig, epochs: int | None, teacher_epochs: int | None) -> SweepConfig:
+    """``--epochs`` (every fp32 student, replacing per-student overrides) and ``--teacher-epochs``;
+    applied after ``--quick``, so a smoke run can still ask for more epochs."""
+    if epochs is not None:
+        cfg = cfg.replace(student_train=cfg.student_train.replace(epochs=epochs), student_epochs=())
+    if teacher_epochs is not None:
+        cfg = cfg.replace(teacher_train=cfg.teacher_train.replace(epochs=teacher_epochs))
+    return cfg
+
+
+def checkpoint_option(path: Path, students: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``--checkpoint PATH``: the one student named in ``--models`` starts from these weights."""
+    if len(students) != 1:
+        raise ConfigError(f"--checkpoint holds one student's weights: name that student alone in --models "
+                          f"(got {', '.join(students)})")
+    path = Path(path).expanduser()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise QbenchError(f"--checkpoint {path}: no readable file there")
+    return ((students[0], str(path.resolve())),)
 
 
 def validate_names(cfg: SweepConfig) -> None:
     """Unknown students or teacher: a one-line error listing the known names."""
     import models
 
-    unknown = [m for m in cfg.models if m not in models.list_students()]
+    unknown = [m for m in cfg.models if not models.is_model_spec(m) and m not in models.list_students()]
     if unknown:
-        raise ConfigError(f"--models: unknown student(s) {', '.join(unknown)}; known: {', '.join(models.list_students())}")
+        raise ConfigError(f"--models: unknown student(s) {', '.join(unknown)}; known: {', '.join(models.list_students())}"
+                          f", or a model you bring as file.py:factory")
+    for m in cfg.models:
+        models.resolve_student(m)  # loads a file.py:factory spec: a bad file is one line now, not a failed point
     if cfg.teacher not in models.list_teachers():
         raise ConfigError(f"--teacher: unknown teacher {cfg.teacher!r}; known: {', '.join(models.list_teachers())}")

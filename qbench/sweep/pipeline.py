@@ -8,7 +8,10 @@ that needs a failed stage fails with that stage's reason, without retrying it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,12 @@ from qbench.model_cache import cache_key, load_or_fit
 from qbench.sweep.config import SweepConfig
 
 
+STAGES = {"data": "data", "teacher-data": "data", "teacher": "teacher", "student": "students", "ptq": "ptq",
+          "qat": "qat", "artifact": "export + conformance", "engine": "export + conformance"}
+"""Memoised stage kinds -> the stage their wall time is booked to; everything else is ``scoring``
+(test-split scores); :func:`qbench.sweep.points.latency` books ``latency``."""
 CALIBRATION_BATCHES = 8  # of 64 training clips: PTQ statistics, and QAT's starting scales
+TRAIN_ERROR_CLIPS = 1000  # training clips scored after training: train vs test error says whether it learned
 
 
 class StageFailed(QbenchError):
@@ -32,79 +40,195 @@ class StageFailed(QbenchError):
 class Pipeline:
     """Stages of one sweep over one dataset. ``measure(point)`` is in :mod:`qbench.sweep.points`."""
 
-    def __init__(self, cfg: SweepConfig, *, cache_dir: Path | None = None, progress: bool = True):
+    def __init__(self, cfg: SweepConfig, *, cache_dir: Path | None = None, progress: bool = True,
+                 dataset=None):
+        """``dataset``: a :class:`~qbench.data.FeatureDataset` already in memory (the Python API), used
+        instead of building ``cfg.data``; it is keyed by its contents (:func:`dataset_key`)."""
         self.cfg = cfg
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.progress = progress
         self._memo: dict[tuple, Any] = {}
+        if dataset is not None:
+            self._memo[("data",)] = self._memo[("teacher-data",)] = keyed_dataset(dataset)
+        self.stage_seconds: dict[str, float] = {}  # wall time per stage in this run (see STAGES)
+        self._open: list[list[float]] = []  # [start, seconds spent in nested stages] per running stage
 
     def measure(self, point) -> dict[str, Any]:
         from qbench.sweep.points import measure_point
 
         return measure_point(self, point)
 
-    def _once(self, key: tuple, make: Callable[[], Any]) -> Any:
+    def once(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()`` memoised under ``key`` for this run; a failure is memoised too and repeated as
+        :class:`StageFailed`. ``key[0]`` names the stage its time is booked to (:data:`STAGES`)."""
         if key in self._memo:
             value = self._memo[key]
             if isinstance(value, BaseException):
                 raise StageFailed(f"{'/'.join(map(str, key))} failed: {value}")
             return value
         try:
-            self._memo[key] = make()
+            with self.timed(STAGES.get(key[0], "scoring")):
+                self._memo[key] = make()
         except Exception as exc:
             self._memo[key] = exc
             raise
         return self._memo[key]
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the block to ``stage_seconds[stage]``, less the stages nested in it."""
+        self._open.append([time.perf_counter(), 0.0])
+        try:
+            yield
+        finally:
+            start, nested = self._open.pop()
+            elapsed = time.perf_counter() - start
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + elapsed - nested
+            if self._open:
+                self._open[-1][1] += elapsed
 
     # -- stages ------------------------------------------------------------------------------
 
     def dataset(self):
         from qbench.data import build_dataset
 
-        return self._once(("data",), lambda: build_dataset(self.cfg.data, cache_dir=self.cache_dir,
+        return self.once(("data",), lambda: build_dataset(self.cfg.data, cache_dir=self.cache_dir,
                                                            progress=self.progress))
+
+    def teacher_dataset(self):
+        """The teacher's training data: the sweep's dataset, or a bigger draw of the same generator."""
+        from qbench.data import build_dataset
+
+        if self.cfg.teacher_data == self.cfg.data:
+            return self.dataset()
+        return self.once(("teacher-data",), lambda: build_dataset(self.cfg.teacher_data, cache_dir=self.cache_dir,
+                                                                   progress=self.progress))
 
     def teacher(self) -> nn.Module:
         from qbench.teacher_cache import train_teacher
 
-        return self._once(("teacher",), lambda: train_teacher(
-            self.cfg.teacher, self.dataset(), config=self.cfg.teacher_train.replace(seed=self.cfg.seed),
-            cache_dir=self.cache_dir, progress=self.progress))
+        return self.once(("teacher",), lambda: train_teacher(
+            self.cfg.teacher, self.teacher_dataset(), config=self.cfg.teacher_train.replace(seed=self.cfg.seed),
+            cache_dir=self.cache_dir, progress=self.progress, options=self.cfg.model_options))
 
-    def _student_description(self, model: str, mode: DistillMode) -> dict[str, Any]:
-        desc = {"stage": "student", "model": model, "data": self.dataset().config.key(),
-                "train": self.cfg.student_train.to_dict(), "distill": self.cfg.distill_config(mode).to_dict(),
-                "seed": self.cfg.seed}
+    def _student_description(self, model: str, mode: DistillMode, seed: int | None = None) -> dict[str, Any]:
+        import models
+
+        desc = {"stage": "student", "model": model, **models.student_fingerprint(model),
+                "data": self.dataset().config.key(),
+                "train": self.cfg.student_train_for(model).to_dict(), "distill": self.cfg.distill_config(mode).to_dict(),
+                "seed": self.cfg.seed if seed is None else seed, **self.cfg.model_options}
         if mode is not DistillMode.NONE:
             desc["teacher"] = {"name": self.cfg.teacher, "train": self.cfg.teacher_train.to_dict()}
+            if self.cfg.teacher_data != self.cfg.data:
+                desc["teacher"]["data"] = self.cfg.teacher_data.key()
+        checkpoint = self.checkpoint(model)
+        if checkpoint is not None:
+            desc["checkpoint"] = file_digest(checkpoint)
         return desc
 
-    def _build_student(self, model: str) -> nn.Module:
+    def checkpoint(self, model: str) -> Path | None:
+        """The state-dict file ``model`` starts from instead of training (``SweepConfig.checkpoints``)."""
+        path = dict(self.cfg.checkpoints).get(model)
+        return None if path is None else Path(path)
+
+    def model_options(self, model: str) -> dict[str, Any]:
+        """Options ``model`` is built with: the sweep's for built-ins; none for a model you bring."""
+        import models
+
+        return {} if models.is_user_student(model) else self.cfg.model_options
+
+    def _build_student(self, model: str, seed: int) -> nn.Module:
         import torch
 
         import models
 
         ds = self.dataset()
-        torch.manual_seed(self.cfg.seed)  # initial weights are part of what the cache key names
-        return models.build_student(model, n_mels=ds.n_mels, n_frames=ds.n_frames, n_classes=ds.n_classes)
+        torch.manual_seed(seed)  # initial weights are part of what the cache key names
+        return models.build_student(model, n_mels=ds.n_mels, n_frames=ds.n_frames, n_classes=ds.n_classes,
+                                    **self.model_options(model))
 
-    def _fit(self, model: nn.Module, *, train_cfg, mode: DistillMode) -> tuple[nn.Module, dict[str, Any]]:
-        from qbench.train import train
+    def check_student(self, model: str) -> None:
+        """Build ``model`` once for this data and check the contract before any training: ``(B, T, F)``
+        in, ``(B, C)`` out, and ``temporal_features`` when a distillation mode needs it. One-line errors."""
+        import torch
+
+        import models
+
+        ds = self.dataset()
+        with torch.random.fork_rng():
+            net = self._build_student(model, self.cfg.seed).eval()
+            with torch.no_grad():
+                out = net(torch.from_numpy(np.ascontiguousarray(ds.train.x[:2])))
+        expected = (min(2, len(ds.train.x)), ds.n_classes)
+        if tuple(getattr(out, "shape", ())) != expected:
+            raise QbenchError(f"student {model}: maps (B, T, F) = {tuple(ds.train.x[:2].shape)} to "
+                              f"{tuple(getattr(out, 'shape', ()))}, expected (B, C) = {expected}")
+        if any(m.uses_attention for m in self.cfg.distill) and not (
+                callable(getattr(net, "temporal_features", None)) and callable(getattr(net, "classify", None))):
+            raise QbenchError(f"student {models.file_name(model)}: temporal KD needs temporal_features(x) -> (B, T', D) "
+                              f"and classify(feats) -> (B, C); the model has none: drop tkd from --distill")
+
+
+    def _fit(self, model: nn.Module, *, train_cfg, mode: DistillMode, seed: int | None = None
+             ) -> tuple[nn.Module, dict[str, Any]]:
+        from qbench.train import evaluate_model, train
 
         teacher = self.teacher() if mode is not DistillMode.NONE else None
-        result = train(model, self.dataset(), config=train_cfg.replace(seed=self.cfg.seed), teacher=teacher,
-                       distill=self.cfg.distill_config(mode), progress=self.progress)
-        return result.model, {"best_epoch": result.best_epoch, "val": result.best_val, "test": result.test,
-                              "train_seconds": result.seconds}
+        ds = self.dataset()
+        result = train(model, ds, config=train_cfg.replace(seed=self.cfg.seed if seed is None else seed),
+                       teacher=teacher, distill=self.cfg.distill_config(mode), progress=self.progress)
+        # did it learn? error on (a slice of) the clips it trained on, beside validation and test
+        seen = evaluate_model(result.model, ds.train.subset(min(len(ds.train.x), TRAIN_ERROR_CLIPS)),
+                              multilabel=ds.multilabel)
+        return result.model, {"best_epoch": result.best_epoch, "epochs": train_cfg.epochs, "train_split": seen,
+                              "val": result.best_val, "test": result.test, "train_seconds": result.seconds}
 
-    def student(self, model: str, mode: DistillMode) -> tuple[nn.Module, dict[str, Any]]:
-        """The fp32 student distilled with ``mode`` (cached), and its training metrics."""
+    def student(self, model: str, mode: DistillMode, seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """The fp32 student distilled with ``mode`` (cached), and its training metrics.
+
+        ``seed``: an extra training seed (None: the sweep's own, which PTQ and QAT start from).
+        """
+        seed = self.cfg.seed if seed is None else seed
+
         def make():
-            path = self.cache_dir / "models" / f"student-{model}-{cache_key(self._student_description(model, mode))}.pt"
-            return load_or_fit(path, lambda: self._build_student(model),
-                               lambda m: self._fit(m, train_cfg=self.cfg.student_train, mode=mode))
+            import models
 
-        return self._once(("student", model, mode.value), make)
+            key = cache_key(self._student_description(model, mode, seed))
+            path = self.cache_dir / "models" / f"student-{models.file_name(model)}-{key}.pt"
+            if self.checkpoint(model) is not None:
+                return load_or_fit(path, lambda: self._build_student(model, seed),
+                                   lambda m: self._load_checkpoint(m, self.checkpoint(model)))
+            return load_or_fit(path, lambda: self._build_student(model, seed),
+                               lambda m: self._fit(m, train_cfg=self.cfg.student_train_for(model), mode=mode,
+                                                   seed=seed))
+
+        return self.once(("student", model, mode.value, seed), make)
+
+    def _load_checkpoint(self, model: nn.Module, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """The student with the weights of ``path`` (a state dict, or qbench's ``{"state_dict": ...}``)
+        and its errors; no training."""
+        import torch
+
+        from qbench.train import evaluate_model
+
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or not loadable safely: the user's input
+            raise QbenchError(f"--checkpoint {path}: cannot load: {type(exc).__name__}: {_first_line(exc)}") from None
+        state = entry.get("state_dict", entry) if isinstance(entry, dict) else None
+        if not isinstance(state, dict):
+            raise QbenchError(f"--checkpoint {path}: expected a state dict, got {type(entry).__name__}")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise QbenchError(f"--checkpoint {path} does not fit the model: {_first_line(exc)}") from None
+        model.eval()
+        ds = self.dataset()
+        figures = {name: evaluate_model(model, split, multilabel=ds.multilabel) for name, split in
+                   (("train_split", ds.train.subset(min(len(ds.train.x), TRAIN_ERROR_CLIPS))), ("val", ds.val),
+                    ("test", ds.test))}
+        return model, {"checkpoint": str(path), "checkpoint_sha256": file_digest(path), "epochs": 0, **figures}
 
     def ptq(self, model: str, mode: DistillMode, w: int, a: int) -> nn.Module:
         """Post-training quantization of the fp32 student: calibration on training data only."""
@@ -115,7 +239,7 @@ class Pipeline:
             calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
             return qmodel.eval()
 
-        return self._once(("ptq", model, mode.value, w, a), make)
+        return self.once(("ptq", model, mode.value, w, a), make)
 
     def qat(self, model: str, mode: DistillMode, w: int, a: int) -> tuple[nn.Module, dict[str, Any]]:
         """QAT from the PTQ model (its calibrated scales), distilled as the student was (cached)."""
@@ -125,19 +249,37 @@ class Pipeline:
             return copy.deepcopy(self.ptq(model, mode, w, a))
 
         def make():
-            path = self.cache_dir / "models" / f"qat-{model}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
+            path = self.cache_dir / "models" / f"qat-{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
             return load_or_fit(path, build, lambda m: self._fit(m, train_cfg=self.cfg.qat_train, mode=mode))
 
-        return self._once(("qat", model, mode.value, w, a), make)
+        return self.once(("qat", model, mode.value, w, a), make)
 
     def _qat_key(self, model: str, mode: DistillMode, w: int, a: int) -> str:
         """Cache key of everything that determines a QAT model's weights."""
         return cache_key({**self._student_description(model, mode), "stage": "qat",
                           "quant": self.cfg.quant_config(w, a).to_dict(), "qat": self.cfg.qat_train.to_dict()})
 
+    def fp32_artifact_dir(self, model: str, mode: DistillMode) -> Path:
+        """Where the fp32 student's runtime artifacts are written (one folder per trained student)."""
+        return self.cache_dir / "artifacts" / f"{self._file_name(model)}_fp32-{cache_key(self._student_description(model, mode))}"
+
     def artifact_dir(self, model: str, mode: DistillMode, w: int, a: int) -> Path:
         """Where this QAT model's exported artifacts are written (one folder per QAT model)."""
-        return self.cache_dir / "artifacts" / f"{model}_w{w}a{a}-{self._qat_key(model, mode, w, a)}"
+        return self.cache_dir / "artifacts" / f"{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}"
+
+    def student_path(self, model: str, mode: DistillMode) -> Path:
+        """The cache file of the fp32 student (the sweep's seed)."""
+        return self.cache_dir / "models" / f"student-{self._file_name(model)}-{cache_key(self._student_description(model, mode))}.pt"
+
+    def qat_path(self, model: str, mode: DistillMode, w: int, a: int) -> Path:
+        """The cache file of the QAT model at ``w``/``a`` bits."""
+        return self.cache_dir / "models" / f"qat-{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
+
+    @staticmethod
+    def _file_name(model: str) -> str:
+        import models
+
+        return models.file_name(model)
 
     def eval_split(self):
         """The test split, capped at ``eval_limit`` clips when set (quick runs)."""
@@ -155,3 +297,60 @@ class Pipeline:
         x = self.eval_split().x
         return {b: np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])), dtype=np.float32)
                 for b in sorted({1, self.cfg.batch})}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (16 hex digits) of a file's contents, remembered per (path, size, mtime)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise QbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _DIGESTS[key]
+
+
+class InMemoryData:
+    """The ``config`` of a dataset handed in as arrays: its cache key is a hash of the contents."""
+
+    def __init__(self, key: str, source: Any = None) -> None:
+        self._key = key
+        self.source = source  # the dataset's own config, when it had one
+        self.clip_seconds = getattr(source, "clip_seconds", float("nan"))
+
+    def key(self, length: int = 16) -> str:
+        return self._key[:length]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_memory": self._key}
+
+
+def dataset_key(ds) -> str:
+    """A stable key of a FeatureDataset's classes and arrays (what training on it depends on)."""
+    h = hashlib.sha256(repr((tuple(ds.classes), bool(ds.multilabel))).encode())
+    for split in (ds.train, ds.val, ds.test):
+        for arr in (split.x, split.y):
+            a = np.ascontiguousarray(arr)
+            h.update(repr((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def keyed_dataset(ds):
+    """``ds`` with a config whose ``key()`` names its contents (unchanged when it has one already)."""
+    import dataclasses
+
+    from qbench.data.config import DataConfig
+
+    if isinstance(ds.config, (DataConfig, InMemoryData)):
+        return ds
+    return dataclasses.replace(ds, config=InMemoryData(dataset_key(ds), ds.config))

@@ -3,7 +3,12 @@
 Figures (see :mod:`qbench.report` for how they are shown):
 
 * ``metrics``: the task's metrics on the test split through *this backend* (``error`` first);
-* ``delta_error_vs_fp32``: that error minus the fp32 student's (same model and distillation);
+* ``metrics.n`` clips scored and ``metrics.ci95`` the 95 % interval of the error (:mod:`qbench.stats`);
+* ``delta_error_vs_fp32``: that error minus the fp32 student's (same model and distillation), with
+  ``delta_ci95`` its paired 95 % interval (same clips); fp32 students distilled with a mode
+  other than ``none`` carry ``delta_error_vs_no_kd`` / ``delta_ci95_vs_no_kd`` likewise;
+* ``input_range`` (quantized LSTM students): the LSTM's fitted input scale and the fraction of
+  its input and hidden values the shared io quantizer clips on calibration data;
 * ``params``, ``packed_bytes`` (fp32 bytes for float models), ``pct_fp32``, ``pct_teacher``;
 * ``file_bytes``: the deployed artifact on disk (NaN for PyTorch, which deploys nothing);
 * ``agreement``: top-1 agreement with the Brevitas model and the largest logit difference;
@@ -18,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from qbench.errors import QbenchError
-from qbench.metrics import evaluate
+from qbench.distill import DistillMode
+from qbench.metrics import error_change_interval, evaluate
 from qbench.sweep.config import SweepBackend
 from qbench.sweep.plan import ENGINE_MODELS, Point
 
@@ -45,17 +51,22 @@ def scores_of(run: Run, x: np.ndarray) -> np.ndarray:
 
 def latency(pipe, factory: RunnerFactory, *, threads: tuple[int, ...] | None = None) -> dict[str, dict[str, float]]:
     """Latency at batch 1 and the sweep's batch, for each thread count (default: the sweep's)."""
-    from qbench.measure import measure_latency
+    if not pipe.cfg.latency:
+        return {}  # not measured: the tables show NaN
+    inputs = pipe.latency_inputs()
+    with pipe.timed("latency"):
+        return _timings(pipe, factory, inputs, threads or pipe.thread_counts())
+
+
+def _timings(pipe, factory: RunnerFactory, inputs: dict[int, np.ndarray], thread_counts) -> dict[str, dict[str, float]]:
+    """Per thread count, the batch sizes' rounds interleaved, so passing load hits them alike."""
+    from qbench.measure import measure_interleaved
 
     out = {}
-    if not pipe.cfg.latency:
-        return out  # not measured: the tables show NaN
-    inputs = pipe.latency_inputs()
-    for threads in threads or pipe.thread_counts():
+    for threads in thread_counts:
         run = factory(threads)
-        for batch, x in inputs.items():
-            stats = measure_latency(run, x, threads=threads, repeats=pipe.cfg.latency_repeats)
-            out[f"b{batch}_t{threads}"] = stats.to_dict()
+        stats = measure_interleaved({b: (run, x, threads) for b, x in inputs.items()}, repeats=pipe.cfg.latency_repeats)
+        out.update({f"b{b}_t{threads}": s.to_dict() for b, s in stats.items()})
     return out
 
 
@@ -80,8 +91,14 @@ def _torch_scores(pipe, model) -> np.ndarray:
 def _error_figures(pipe, point: Point, scores: np.ndarray) -> dict[str, Any]:
     """The test metrics of ``scores`` and their error change against this point's fp32 student."""
     metrics = _error(pipe, scores)
-    _, _, fp32_metrics = _fp32_reference(pipe, point)
-    return {"metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"]}
+    _, fp32_scores, fp32_metrics = fp32_reference(pipe, point)
+    return {"metrics": metrics, "delta_error_vs_fp32": metrics["error"] - fp32_metrics["error"],
+            "delta_ci95": _change_interval(pipe, fp32_scores, scores)}
+
+
+def _change_interval(pipe, reference: np.ndarray, scores: np.ndarray) -> list[float]:
+    """Paired 95 % interval of error(scores) - error(reference) on the same test clips."""
+    return error_change_interval(pipe.eval_split().y, reference, scores, multilabel=pipe.dataset().multilabel)
 
 
 def _torch_factory(model) -> RunnerFactory:
@@ -96,38 +113,53 @@ def _teacher_bytes(pipe) -> int:
     return fp32_size(pipe.teacher())
 
 
-def _fp32_reference(pipe, point: Point) -> tuple[Any, np.ndarray, dict[str, float]]:
-    """The fp32 student of this point's model and mode: model, test scores, metrics."""
+def fp32_reference(pipe, point: Point, mode: DistillMode | None = None) -> tuple[Any, np.ndarray, dict[str, float]]:
+    """The fp32 student of this point's model, seed and mode (or ``mode``): model, test scores, metrics."""
+    mode = point.distill if mode is None else mode
+
     def make():
-        model, _ = pipe.student(point.model, point.distill)
+        model, _ = pipe.student(point.model, mode, point.seed)
         scores = _torch_scores(pipe, model)
         return model, scores, _error(pipe, scores)
 
-    return pipe._once(("fp32-scores", point.model, point.distill.value), make)
+    return pipe.once(("fp32-scores", point.model, mode.value, point.seed), make)
 
 
-def _float_figures(pipe, model, *, teacher: bool) -> dict[str, Any]:
-    """Size and latency of a float model (its error figures come from the caller)."""
+def _no_kd_figures(pipe, point: Point) -> dict[str, Any]:
+    """A distilled fp32 student against the undistilled one of the same seed (when the grid has it)."""
+    if point.distill is DistillMode.NONE or DistillMode.NONE not in pipe.cfg.distill:
+        return {}
+    _, scores, metrics = fp32_reference(pipe, point)
+    _, base_scores, base = fp32_reference(pipe, point, DistillMode.NONE)
+    return {"delta_error_vs_no_kd": metrics["error"] - base["error"],
+            "delta_ci95_vs_no_kd": _change_interval(pipe, base_scores, scores)}
+
+
+def _float_figures(pipe, model, *, teacher: bool, factory: RunnerFactory | None = None) -> dict[str, Any]:
+    """Size and latency of a float model (its error figures come from the caller), in PyTorch or ``factory``."""
     from qbench.quant.size import fp32_size
 
     size = fp32_size(model)
     return {"params": sum(p.numel() for p in model.parameters()),
             "packed_bytes": size, "file_bytes": NAN, "pct_fp32": 100.0,
             "pct_teacher": 100.0 * size / (size if teacher else _teacher_bytes(pipe)),
-            "latency": latency(pipe, _torch_factory(model))}
+            "latency": latency(pipe, factory or _torch_factory(model))}
 
 
 def measure_point(pipe, point: Point) -> dict[str, Any]:
     if point.role == "teacher":
         teacher = pipe.teacher()
         return {"metrics": _error(pipe, _torch_scores(pipe, teacher)), **_float_figures(pipe, teacher, teacher=True)}
+    if point.method == "fp32" and point.backend is not SweepBackend.TORCH:
+        return _fp32_exported(pipe, point)
     if point.method == "fp32":
-        model, _, metrics = _fp32_reference(pipe, point)
-        return {"metrics": metrics, "delta_error_vs_fp32": 0.0, **_float_figures(pipe, model, teacher=False),
-                "train": pipe.student(point.model, point.distill)[1]}
+        model, _, metrics = fp32_reference(pipe, point)
+        return {"metrics": metrics, "delta_error_vs_fp32": 0.0, **_no_kd_figures(pipe, point),
+                **_float_figures(pipe, model, teacher=False),
+                "train": pipe.student(point.model, point.distill, point.seed)[1]}
     if point.method == "ptq":
         qmodel = pipe.ptq(point.model, point.distill, point.weight_bits, point.act_bits)
-        return _quant_torch_figures(pipe, point, qmodel, with_latency=False)
+        return {**_quant_torch_figures(pipe, point, qmodel, with_latency=False), **_input_range(pipe, point, qmodel)}
     return _QAT_BACKENDS[point.backend](pipe, point)
 
 
@@ -150,14 +182,26 @@ def _quant_torch_figures(pipe, point: Point, qmodel, *, with_latency: bool) -> d
 
 def _quant_scores(pipe, point: Point, qmodel) -> np.ndarray:
     key = ("quant-scores", point.model, point.method, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, lambda: _torch_scores(pipe, qmodel))
+    return pipe.once(key, lambda: _torch_scores(pipe, qmodel))
 
 
 @on_backend(SweepBackend.TORCH)
 def _qat_torch(pipe, point: Point) -> dict[str, Any]:
     qmodel, meta = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
     # The Brevitas model is the reference other backends agree with: no agreement of its own.
-    return {**_quant_torch_figures(pipe, point, qmodel, with_latency=True), "train": meta}
+    return {**_quant_torch_figures(pipe, point, qmodel, with_latency=True), "train": meta,
+            **_input_range(pipe, point, qmodel)}
+
+
+def _input_range(pipe, point: Point, qmodel) -> dict[str, Any]:
+    """Clipping of the quantized LSTM's shared io quantizer on calibration data (LSTM students)."""
+    from qbench.quant.lstm import lstm_clipping
+    from qbench.sweep.pipeline import CALIBRATION_BATCHES
+
+    fp32_model, _ = pipe.student(point.model, point.distill)
+    x = pipe.dataset().train.x[:CALIBRATION_BATCHES * 64]
+    figures = lstm_clipping(qmodel, fp32_model, x)
+    return {"input_range": figures} if figures else {}
 
 
 class ConformanceFailed(QbenchError):
@@ -170,19 +214,22 @@ CONFORMANCE_CLIPS = 256  # test clips each artifact is checked on before it is m
 def _artifact(pipe, point: Point, backend):
     """The exported artifact of this point's QAT model (exported once per run), checked for conformance."""
     from qbench.export import check_conformance, export
+    from qbench.export.base import LSTMGraph
+
+    graph = LSTMGraph(point.lstm_graph or LSTMGraph.FAKEQUANT_UNROLLED)
 
     def make():
         qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
         out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / backend.value
-        art = export(qmodel, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
+        art = export(qmodel, backend, out_dir=out_dir, example=pipe.latency_inputs()[1], lstm_graph=graph)
         conf = check_conformance(art, qmodel, pipe.eval_split().x[:CONFORMANCE_CLIPS],
                                  threads=max(pipe.thread_counts()))
         if not conf.ok:
             raise ConformanceFailed(f"conformance failed: {conf.reason}")
         return art, conf
 
-    key = ("artifact", backend.value, point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, make)
+    key = ("artifact", backend.value, point.model, point.distill.value, point.weight_bits, point.act_bits, graph.value)
+    return pipe.once(key, make)
 
 
 def _exported_figures(pipe, point: Point, backend) -> dict[str, Any]:
@@ -200,10 +247,37 @@ def _exported_figures(pipe, point: Point, backend) -> dict[str, Any]:
         **_error_figures(pipe, point, scores), **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
         "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **engine_agreement},
         "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
-                     "files": [p.name for p in art.files]},
+                     "files": [p.name for p in art.files], "lstm_graph": getattr(art, "lstm_graph", None)},
         "conformance": conf.to_dict(), "runtime_variant": conf.best,
         "latency": latency(pipe, lambda threads: runner(art, threads=threads, **run_options)),
     }
+
+
+def _fp32_exported(pipe, point: Point) -> dict[str, Any]:
+    """The fp32 student on an exported runtime: float conformance with PyTorch, error, file size, latency."""
+    from qbench.export import Backend, Precision, runner
+    from qbench.export.fp32 import export_fp32, float_conformance
+
+    model, reference, _ = fp32_reference(pipe, point)
+    backend = Backend(point.backend.value)
+    out_dir = pipe.fp32_artifact_dir(point.model, point.distill) / backend.value
+    art = export_fp32(model, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
+    scores = scores_of(runner(art, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+    conf = float_conformance(scores, reference)
+    if conf["status"] != "ok":
+        raise ConformanceFailed(f"fp32 conformance failed: {conf['reason']}")
+    figures = _float_figures(pipe, model, teacher=False, factory=lambda threads: runner(art, threads=threads))
+    out = {**_error_figures(pipe, point, scores), **figures, "file_bytes": art.size_bytes,
+           "agreement": agreement(scores, reference), "conformance": conf,
+           "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
+                        "files": [p.name for p in art.files]}}
+    if backend is Backend.OPENVINO:
+        from qbench.export.openvino import default_precision
+
+        out["latency_default_precision"] = latency(
+            pipe, lambda threads: runner(art, threads=threads, precision=Precision.DEFAULT))
+        out["runtime_precision"] = {"errors_and_latency": "f32", "latency_default_precision": default_precision()}
+    return out
 
 
 @on_backend(SweepBackend.ONNXRUNTIME)
@@ -232,13 +306,13 @@ def _student_engine(pipe, point: Point, qmodel):
     from qbench.engine import StudentEngine
 
     key = ("engine", point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, lambda: StudentEngine(qmodel))
+    return pipe.once(key, lambda: StudentEngine(qmodel))
 
 
 def _engine_scores(pipe, point: Point, qmodel) -> np.ndarray:
     """(N, C) logits of the integer engine on the test split (computed once per QAT model)."""
     key = ("engine-scores", point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe._once(key, lambda: scores_of(_student_engine(pipe, point, qmodel), pipe.eval_split().x))
+    return pipe.once(key, lambda: scores_of(_student_engine(pipe, point, qmodel), pipe.eval_split().x))
 
 
 @on_backend(SweepBackend.ENGINE)

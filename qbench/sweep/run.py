@@ -1,23 +1,31 @@
 """Run a sweep point by point: resume, record failures, persist after every point.
 
-A point that raises is recorded ``status: failed`` with ``"<Type>: <message>"`` and the sweep
-goes on; its traceback goes to ``sweep.log`` beside the results. Records are written atomically
-as each point finishes, so an interrupted sweep loses at most the point it was on, and a rerun
-with the same arguments (same config key, same folder) skips every finished point.
+What every point depends on (the dataset, the teacher) is built by ``prepare`` before the results
+file exists: when it cannot be built the sweep stops with one line and leaves no folder of failed
+points. After that, a point that raises is recorded ``status: failed`` with
+``"<Type>: <message>"`` (the whole message) and the sweep goes on; its traceback goes to
+``sweep.log`` beside the results. A full disk or a read-only place stops the sweep with one line
+naming the path. Records are written atomically as each point finishes, so a killed sweep loses at
+most the point it was on and leaves no half-written file, and a rerun with the same arguments
+(same config key, same folder) skips every finished point. The folder is locked while a sweep
+writes it: a second sweep into it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
+from qbench.files import environment_errors, folder_lock, is_environment_error, os_error_line, remove_stale_temps
 from qbench.provenance import machine_id, provenance
 from qbench.records import STATUS_OK, ResultsDocument, failed_record
+from qbench.report import CSV_NAME, PLOT_LATENCY, PLOT_SIZE, TABLE_NAME
 from qbench.sweep.config import SweepConfig
 from qbench.sweep.plan import Point, plan_points
 
@@ -25,6 +33,9 @@ RESULTS_FILE = "sweep.json"
 LOG_FILE = "sweep.log"
 
 MeasureFn = Callable[[Point], dict[str, Any]]
+PrepareFn = Callable[[list[Point]], None]  # builds the stages every point needs; raises to stop the sweep
+# What a sweep writes into its folder, and all that --fresh removes (the lock stays: it is held).
+SWEEP_FILES = (RESULTS_FILE, LOG_FILE, TABLE_NAME, CSV_NAME, PLOT_SIZE, PLOT_LATENCY)
 
 
 def sweep_name(cfg: SweepConfig) -> str:
@@ -53,16 +64,28 @@ def open_document(path: Path, cfg: SweepConfig, prov: dict[str, Any]) -> Results
     return doc
 
 
-def _logger(out_dir: Path) -> logging.Logger:
-    log = logging.getLogger(f"qbench.sweep.{out_dir}")
-    if not log.handlers:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out_dir / LOG_FILE)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    return log
+class _QuietFileHandler(logging.FileHandler):
+    """A log that cannot be written (full disk) is not worth a traceback: the records are the truth,
+    and a failing records write stops the sweep with one line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
+@contextlib.contextmanager
+def _logger(out_dir: Path) -> Iterator[logging.Logger]:
+    """``sweep.log`` in ``out_dir`` for one run (its handler closed after, so --fresh can delete it)."""
+    log = logging.getLogger(f"qbench.sweep.{out_dir.resolve()}")
+    handler = _QuietFileHandler(out_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def measure_or_fail(point: Point, measure: MeasureFn, log: logging.Logger) -> dict[str, Any]:
@@ -75,34 +98,74 @@ def measure_or_fail(point: Point, measure: MeasureFn, log: logging.Logger) -> di
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a failed point is data: recorded with its reason, the sweep goes on
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         log.error("failed %s\n%s", point.id, traceback.format_exc())
+        if is_environment_error(exc):  # a full disk fails every later point too: stop here
+            raise QbenchError(f"{point.id}: {os_error_line(exc)}") from None
+        reason = f"{type(exc).__name__}: {exc}"  # the whole message: tables abbreviate, records never do
         record = failed_record(point.id, point.fields(), reason)
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
 
 
 def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: bool = True,
-              retry_failed: bool = False) -> ResultsDocument:
-    """Measure every planned point not already finished in ``out_dir``; return the document."""
+              retry_failed: bool = False, fresh: bool = False, prepare: PrepareFn | None = None) -> ResultsDocument:
+    """Measure every planned point not already finished in ``out_dir``; return the document.
+
+    ``prepare(todo)`` is called before the results file is first written, only when points are
+    left to measure; whatever it raises ends the run, and a folder this call created is removed
+    again. ``fresh`` discards earlier results in ``out_dir`` first. Raises :class:`QbenchError` when
+    another process is writing ``out_dir``, when the results belong to another config or machine,
+    and when a write hits a full disk or a read-only place (finished records are kept).
+    """
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    with folder_lock(out_dir, what="results folder", hint="wait for it or choose another --out"):
+        try:
+            return _run_locked(cfg, measure, out_dir=out_dir, progress=progress, retry_failed=retry_failed,
+                               fresh=fresh, prepare=prepare)
+        except BaseException:
+            if created and not (out_dir / RESULTS_FILE).exists():
+                _discard(out_dir)
+            raise
+
+
+def _discard(out_dir: Path) -> None:
+    """Remove a folder this run created and never wrote results into (the lock is still held)."""
+    for p in out_dir.iterdir():
+        if p.is_file():
+            p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        out_dir.rmdir()
+
+
+def _run_locked(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: bool, retry_failed: bool,
+                fresh: bool, prepare: PrepareFn | None) -> ResultsDocument:
     from tqdm import tqdm
 
-    prov = provenance(ignore=Path(out_dir))
-    doc = open_document(Path(out_dir) / RESULTS_FILE, cfg, prov)
-    if not doc.path.exists():
-        doc.save()
-    log = _logger(Path(out_dir))
+    with environment_errors(f"cannot clean up {out_dir}"):
+        if fresh:
+            for name in SWEEP_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        remove_stale_temps(out_dir)  # left by a killed run; ours is the only writer now
+    prov = provenance(ignore=out_dir)
+    doc = open_document(out_dir / RESULTS_FILE, cfg, prov)
     points = plan_points(cfg)
     done = doc.finished_ids(include_failed=not retry_failed)
     todo = [p for p in points if p.id not in done]
-    record_prov = {"machine_id": prov["machine_id"], "git": prov["git"], "utc": prov["utc"]}
-    with tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, unit="point",
-              dynamic_ncols=True) as bar:
-        for point in todo:
-            bar.set_description(point.id)
-            record = measure_or_fail(point, measure, log)
-            record["provenance"] = record_prov
-            doc.provenance = prov  # the document names the latest run that wrote to it
-            doc.add(record)
-            bar.update()
+    if todo and prepare is not None:
+        with environment_errors("cannot build the dataset and teacher"):
+            prepare(todo)
+    with environment_errors("cannot write the results"), _logger(out_dir) as log:
+        if not doc.path.exists():
+            doc.save()
+        record_prov = {"machine_id": prov["machine_id"], "git": prov["git"], "utc": prov["utc"]}
+        with tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, unit="point",
+                  dynamic_ncols=True) as bar:
+            for point in todo:
+                bar.set_description(point.id)
+                record = measure_or_fail(point, measure, log)
+                record["provenance"] = record_prov
+                doc.provenance = prov  # the document names the latest run that wrote to it
+                doc.add(record)
+                bar.update()
     return doc

@@ -5,7 +5,6 @@ Every artifact is checked for conformance before it is timed; warm-up rounds are
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,8 @@ from test_quantize import _trained_bn_cnn  # tests/ is on sys.path (it holds con
 
 THREADS = 1
 BATCH = 8
-MODULE_OF = {Backend.ORT: "onnxruntime", Backend.OPENVINO: "openvino"}
-MARK_OF = {Backend.ORT: pytest.mark.requires_onnxruntime, Backend.OPENVINO: pytest.mark.requires_openvino}
-RUNTIME_CASES = [
-    pytest.param(b, p, marks=MARK_OF[b], id=f"{b.value}-{p.value}")
+RUNTIME_CASES = [  # conftest marks and skips per backend
+    pytest.param(b, p, id=f"{b.value}-{p.value}")
     for b in Backend for p in ((Precision.F32, Precision.DEFAULT) if b == Backend.OPENVINO else (Precision.F32,))
 ]
 
@@ -35,7 +32,8 @@ MODELS = ("cnn", "lstm")
 def _float_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     if name == "cnn":
         return _trained_bn_cnn()
-    models = pytest.importorskip("models", reason="the LSTM student comes from the models package")
+    import models
+
     torch.manual_seed(0)
     x = torch.randn(32, 100, 40)  # 1 s of 10 ms frames, 40 mel bins
     m = models.build_student("lstm", n_mels=40, n_frames=100, n_classes=10)
@@ -75,12 +73,14 @@ def test_bench_brevitas_fake_quant(benchmark, model: str, bits: int) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_bench_runtime(benchmark, model: str, backend: Backend, precision: Precision, bits: int,
                        tmp_path: Path) -> None:
-    if importlib.util.find_spec(MODULE_OF[backend]) is None:
-        pytest.skip(f"{MODULE_OF[backend]} is not installed")
     _, q, x = _calibrated(bits, model)
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2])
     conformance = check_conformance(artifact, q, x)
-    assert conformance.ok, f"not timing a failed artifact: {conformance.reason}"
+    if not conformance.ok:
+        # the policy: an artifact with no conforming variant is never timed; only an 8-bit CNN's
+        # int8 kernels may deviate (pre-VNNI x86), and then the record names the cause
+        assert bits == 8 and model == "cnn" and conformance.cause, f"unexplained failure: {conformance.reason}"
+        pytest.skip(f"not timed, failed conformance on this CPU: {conformance.reason}")
     options = dict(conformance.best_options)  # the fastest variant that computes the model
     if backend == Backend.OPENVINO:
         options["precision"] = precision

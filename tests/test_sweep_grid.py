@@ -1,0 +1,83 @@
+"""The sweep's grid options for trustworthy errors: test split size, seeds, data difficulty, level normalisation."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from qbench.data.config import SNR_PRESETS, DataConfig
+from qbench.errors import ConfigError
+from qbench.sweep.config import DEFAULT_TEST_CLIPS, SweepConfig
+from qbench.sweep.plan import plan_points
+from qbench.sweep.run import sweep_name
+
+
+def _config(*argv: str) -> SweepConfig:
+    from qbench.commands import sweep as sweep_command
+    from qbench.sweep.options import config_from_args
+
+    parser = argparse.ArgumentParser()
+    sweep_command.add_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_the_default_grid_scores_a_test_split_that_resolves_one_point() -> None:
+    cfg = _config()
+    assert cfg.data.test_clips == DEFAULT_TEST_CLIPS >= 3000
+    assert sweep_name(cfg) == "default"  # the CLI's defaults are the config's defaults
+    assert sum(cfg.data.split_sizes(cfg.data.clips_per_class, 12).values()) > cfg.data.clips_per_class
+    assert cfg.data.split_sizes(cfg.data.clips_per_class, 12)["test"] * 12 >= DEFAULT_TEST_CLIPS
+
+
+def test_test_clips_is_its_own_option_and_generated_data_only(tmp_path) -> None:
+    assert _config("--test-clips", "600").data.test_clips == 600
+    with pytest.raises(ConfigError, match="test_clips"):
+        DataConfig(kind="csv", path=str(tmp_path), test_clips=100)
+    with pytest.raises(ConfigError, match="--data brings its own"):
+        _config("--data", str(tmp_path), "--dataset-format", "csv", "--test-clips", "10")
+
+
+def test_quick_runs_stay_tiny() -> None:
+    cfg = _config("--quick")
+    assert cfg.data.test_clips is None and cfg.teacher_data == cfg.data and cfg.student_epochs == ()
+
+
+@pytest.mark.parametrize(("text", "expected"), [("clean", SNR_PRESETS["clean"]), ("hard", (0.0, 20.0)),
+                                                 ("5,25", (5.0, 25.0))])
+def test_snr_presets_and_ranges(text: str, expected: tuple[float, float]) -> None:
+    assert _config("--snr", text).data.snr_db == expected
+
+
+@pytest.mark.parametrize("text", ["loud", "1,2,3", "30,10"])
+def test_bad_snr_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="snr"):
+        _config("--snr", text)
+
+
+def test_seeds_add_fp32_points_per_seed_and_quantize_the_first() -> None:
+    cfg = _config("--seeds", "3,1,2", "--bits", "4")
+    assert cfg.seed == 3 and cfg.all_seeds == (3, 1, 2)
+    points = plan_points(cfg)
+    fp32 = [p for p in points if p.method == "fp32" and p.role == "student" and p.backend.value == "torch"]
+    assert len(fp32) == len(cfg.models) * len(cfg.distill) * 3
+    assert {p.seed for p in fp32} == {None, 1, 2}
+    assert all(p.seed is None for p in points if p.method != "fp32")
+    ids = [p.id for p in points]
+    assert len(ids) == len(set(ids)) and any(i.endswith("@seed2") for i in ids)
+    with pytest.raises(ConfigError, match="--seeds"):
+        _config("--seeds", "0,1", "--seed", "4")
+
+
+def test_per_student_epochs_and_the_teachers_own_data() -> None:
+    cfg = SweepConfig()
+    assert cfg.student_train_for("lstm").epochs > cfg.student_train_for("dscnn").epochs == cfg.student_train.epochs
+    assert cfg.teacher_data.clips_per_class > cfg.data.clips_per_class
+    assert cfg.teacher_data.seed == cfg.data.seed and cfg.teacher_data.snr_db == cfg.data.snr_db
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_clip_norm_option_reaches_every_model_and_keeps_default_keys() -> None:
+    causal = _config("--clip-norm", "causal")
+    assert causal.model_options == {"clip_norm": "causal"}
+    assert _config().model_options == {}  # the default adds nothing to cache keys
