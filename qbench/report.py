@@ -128,7 +128,7 @@ def seeds_table(records: Sequence[dict[str, Any]]) -> str:
     from qbench.stats import mean_and_spread
 
     fp32 = [r for r in records if r.get("method") == "fp32" and r.get("role") == "student"
-            and r["status"] == STATUS_OK]
+            and r.get("backend") == "torch" and r["status"] == STATUS_OK]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in fp32:
         groups.setdefault((r["model"], r.get("distill", "none")), []).append(r)
@@ -169,7 +169,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
     Columns appear for the (method, distillation) pairs the records hold, e.g. ``fp32 none``,
     ``fp32 kd``, ``ptq kd``, ``qat none``, ``qat kd``; failed points show ``failed``.
     """
-    torch_records = [r for r in records if r.get("backend") == "torch"]
+    torch_records = [r for r in records if r.get("backend") == "torch" and r.get("seed") is None]
     columns = sorted({(r.get("method"), r.get("distill")) for r in torch_records}, key=_column_order)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in torch_records:

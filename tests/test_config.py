@@ -96,5 +96,5 @@ def test_sweep_config_rejects_bad_choices():
         SweepConfig(backends=("onnxruntime",))
     with pytest.raises(ConfigError, match="temporal KD needs the transformer"):
         SweepConfig(teacher="resnet", distill=("tkd",), qat_distill=("tkd",))
-    with pytest.raises(ConfigError, match="qat_distill: kd must also be in distill"):
+    with pytest.raises(ConfigError, match="qat_distill: tkd must also be in distill"):
         SweepConfig(distill=("none",))

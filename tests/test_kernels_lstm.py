@@ -247,6 +247,7 @@ def test_gate_dot_u8_matches_int64() -> None:
     _check_gate_dot_u8()
 
 
+@pytest.mark.slow  # a fresh Numba compile in a subprocess: minutes under emulation
 def test_gate_dot_u8_portable_path_matches_int64(tmp_path) -> None:
     # forced below AVX-512 the intrinsic emits portable vector IR instead of vpdpbusd (fresh Numba cache)
     import os

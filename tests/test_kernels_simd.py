@@ -66,6 +66,7 @@ def test_compiled_matches_int64_on_this_cpu() -> None:
     _check_all_shapes()
 
 
+@pytest.mark.slow  # a fresh Numba compile per ISA in a subprocess: minutes under emulation
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_compiled_matches_int64_on_narrower_instruction_sets(isa: str, tmp_path) -> None:
     # the instruction set is fixed at compile time: a fresh process with its own Numba cache

@@ -48,7 +48,7 @@ def test_qat_follows_the_distilled_modes_unless_told(monkeypatch):
 
     parser = argparse.ArgumentParser()
     sweep_command.add_arguments(parser)
-    assert config_from_args(parser.parse_args([])).qat_distill == ("kd",)
+    assert config_from_args(parser.parse_args([])).qat_distill == ("tkd",)
     assert config_from_args(parser.parse_args(["--distill", "none,tkd"])).qat_distill == ("tkd",)
     assert config_from_args(parser.parse_args(["--distill", "none"])).qat_distill == ("none",)
     cfg = config_from_args(parser.parse_args(["--distill", "none,kd", "--qat-distill", "none,kd"]))

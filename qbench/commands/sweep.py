@@ -46,7 +46,7 @@ def add_model_arguments(g) -> None:
     g.add_argument("--checkpoint", type=Path, help="a state dict the one student in --models starts from instead "
                    "of training")
     g.add_argument("--teacher", help="teacher: transformer (default) or resnet")
-    g.add_argument("--distill", help="distillation modes, comma-separated: none,kd,tkd,kd+tkd (default: none,kd)")
+    g.add_argument("--distill", help="distillation modes, comma-separated: none,kd,tkd,kd+tkd (default: none,tkd)")
     g.add_argument("--kd-temperature", type=float, help="softmax temperature of output KD (default 4)")
     g.add_argument("--kd-alpha", type=float, help="weight of the soft-target loss against the labels (default 0.5)")
     g.add_argument("--tkd-lambda", type=float, help="weight of the temporal attention KL (default 1)")

@@ -8,7 +8,8 @@ reaching the head shift a logit by about a step each, and a few compound through
 
 A runner variant (an optimisation level, a precision) conforms when the bulk of its outputs
 are within :data:`TOL_STEPS` (the 99th percentile of the error) and no output is further than
-:data:`TOL_MAX_STEPS` (:data:`TOL_STEPS_RECURRENT` for recurrent students). An error in scales,
+:data:`TOL_MAX_STEPS` (:data:`TOL_STEPS_RECURRENT` for recurrent students, on all but
+:data:`RECURRENT_OUTLIER_CLIPS` of the clips). An error in scales,
 zero points, clipping or layout moves most outputs by many steps. The artifact conforms when
 any variant does; it is timed under the first (most optimised) variant that conforms, and the
 variants that failed are reported. When a variant of an 8-bit feed-forward student fails,
@@ -36,6 +37,15 @@ TOL_STEPS_RECURRENT = 16.0
 """Largest error allowed in a recurrent student, where a code flipped at a tie feeds back into
 every later step. ORT ENABLE_EXTENDED/ALL moved a trained LSTM's logits by 30-51 steps (p99 6-14,
 top-1 agreement 91 % at w4a4): that fails; BASIC and OpenVINO f32 are exact."""
+RECURRENT_OUTLIER_CLIPS = 0.01
+"""Fraction of clips a recurrent student may exceed :data:`TOL_STEPS_RECURRENT` on, when the bulk
+(p99) is within bounds. A single float32 tie (a product summed in another order, an FMA) flips
+one code, and a trained LSTM's recurrence can carry it into a large change of that one clip:
+measured on a w8a8 keyword LSTM, OpenVINO f32 was 0.00 steps off Brevitas at p99 and 18.4 steps
+on 1 clip of 256 (top-1 agreement 100 %), and the integer engine itself is 22 codes off Brevitas'
+hidden state somewhere in 3,000 clips. A maximum over N clips grows with N under such chaos, so
+it is not a property of the graph; a wrong graph moves most clips (the ENABLE_ALL fusion above:
+p99 20 steps). The clips over the bound are counted in the record (``outlier_clips``)."""
 FLOAT_REASSOCIATION_STEPS = 1e-3
 """Error of a runtime variant that computes the same float32 graph as Brevitas in another order
 (OpenVINO f32, ONNX Runtime DISABLE_ALL on a fake-quantized LSTM): 0 on an AVX-512 Xeon, 1.7e-6 to
@@ -59,6 +69,7 @@ class Conformance:
     best_options: dict[str, Any]  # its runner options
     n: int
     cause: str | None = None  # why variants failed, from qbench.export.diagnose (8-bit feed-forward students)
+    outlier_clips: dict[str, int] = dataclasses.field(default_factory=dict)  # per variant: clips over the max bound
 
     @property
     def ok(self) -> bool:
@@ -122,6 +133,7 @@ def check_conformance(
     max_steps: dict[str, float] = {}
     p99: dict[str, float] = {}
     top1: dict[str, float] = {}
+    outliers: dict[str, int] = {}
     failures: list[str] = []
     deviating: list[str] = []  # variants that ran and computed something else
     best: str | None = None
@@ -138,7 +150,10 @@ def check_conformance(
         err = np.abs(out - ref) / step
         max_steps[name], p99[name] = float(err.max()), float(np.percentile(err, 99))
         top1[name] = float((out.argmax(1) == ref.argmax(1)).mean())
-        if p99[name] > tol_steps or max_steps[name] > tol_max_steps:
+        over = int(np.sum(err.max(axis=1) > tol_max_steps))  # clips beyond the max bound
+        outliers[name] = over
+        allowed = int(RECURRENT_OUTLIER_CLIPS * len(err)) if recurrent else 0
+        if p99[name] > tol_steps or over > allowed:
             failures.append(f"{name}: error p99 {p99[name]:.2f} / max {max_steps[name]:.2f} steps > "
                             f"{tol_steps:g} / {tol_max_steps:g} (step {step:.3g}, top-1 agreement {top1[name]:.3f})")
             deviating.append(name)
@@ -154,7 +169,7 @@ def check_conformance(
     return Conformance(
         status="ok" if best is not None else "failed", reason="; ".join(failures) or None, step=step,
         tol_steps=tol_steps, tol_max_steps=tol_max_steps, max_steps=max_steps, p99_steps=p99,
-        top1_agreement=top1, best=best, best_options=dict(variants[best]) if best else {}, n=int(x.shape[0]),
+        top1_agreement=top1, outlier_clips=outliers, best=best, best_options=dict(variants[best]) if best else {}, n=int(x.shape[0]),
         cause=cause,
     )
 

@@ -233,10 +233,13 @@ class Pipeline:
     def ptq(self, model: str, mode: DistillMode, w: int, a: int) -> nn.Module:
         """Post-training quantization of the fp32 student: calibration on training data only."""
         from qbench.quant.quantize import calibrate, quantize
+        from qbench.train import torch_settings
 
         def make():
             qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(w, a))
-            calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
+            # calibration runs on training's thread policy (one thread unless configured)
+            with torch_settings(threads=self.cfg.student_train.threads, seed=self.cfg.seed):
+                calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
             return qmodel.eval()
 
         return self.once(("ptq", model, mode.value, w, a), make)
