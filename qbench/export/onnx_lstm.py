@@ -210,9 +210,6 @@ class _AccSpec:
 
 def export_lstm_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path:
     """Write an LSTM student's ONNX graph (``(B, T, F)`` -> ``(B, C)``, T fixed by ``example``)."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from kernels import extract_lstm
 
     clip_norm, frame_pool, norm, lstm, pooling, head = lstm_student_parts(qmodel)
@@ -238,14 +235,24 @@ def export_lstm_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path
         s_b = np.float32(model.head.input_quant.scale) * np.asarray(model.head.weight_quant.scale, np.float32)
         s_b = np.broadcast_to(s_b, model.head.bias.shape).copy()
         logits = g.op("Add", logits, g.bias(model.head.bias, s_b, "head.bias"))
+    return save_graph(g, logits, path, name="qbench_lstm", frames=frames, feats=feats,
+                      classes=model.head.weight.shape[0], opset=LSTM_OPSET)
+
+
+def save_graph(g: _Graph, logits: str, path: Path, *, name: str, frames: int | str, feats: int, classes: int,
+               opset: int) -> Path:
+    """Write ``g`` as a checked ONNX model ``(B, frames, feats) -> (B, classes)`` whose output is ``logits``."""
+    import onnx
+    from onnx import TensorProto, helper
+
     g.nodes.append(helper.make_node("Identity", [logits], [OUTPUT_NAME]))
     graph = helper.make_graph(
-        g.nodes, "qbench_lstm",
+        g.nodes, name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", frames, feats])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", model.head.weight.shape[0]])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes])],
         g.inits,
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", LSTM_OPSET)], producer_name="qbench",
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qbench",
                               ir_version=LSTM_IR_VERSION)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)

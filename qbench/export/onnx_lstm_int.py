@@ -38,8 +38,8 @@ import numpy as np
 from torch import nn
 
 from qbench.errors import QbenchError
-from qbench.export.onnx_cnn import INPUT_NAME, OUTPUT_NAME
-from qbench.export.onnx_lstm import LSTM_IR_VERSION, _front_end, _Graph, _one, lstm_student_parts
+from qbench.export.onnx_cnn import INPUT_NAME
+from qbench.export.onnx_lstm import _front_end, _Graph, _one, lstm_student_parts, save_graph
 
 INT_LSTM_OPSET = 16  # Scan-16, MatMulInteger-10, Gather/Round/Clip on float32
 ZERO_POINT = 128  # io codes travel as uint8 code + 128
@@ -186,9 +186,6 @@ def _head(g: _Graph, feat_codes: str, model, steps_div: str | None) -> str:
 def export_lstm_int_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path:
     """Write an LSTM student's integer graph (``(B, T, F)`` -> ``(B, C)``, B and T free; ``example``
     fixes F)."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from kernels import extract_lstm
 
     clip_norm, frame_pool, norm, lstm, pooling, head = lstm_student_parts(qmodel)
@@ -209,20 +206,8 @@ def export_lstm_int_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> 
         logits = _head(g, g.op("ReduceSum", codes, g.const("time.axis", np.array([1], np.int64)), keepdims=0), model, steps)
     else:
         logits = _head(g, last, model, None)
-    g.nodes.append(helper.make_node("Identity", [logits], [OUTPUT_NAME]))
-    feats = int(example.shape[2])
-    graph = helper.make_graph(
-        g.nodes, "qbench_lstm_int",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "frames", feats])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", model.head.weight.shape[0]])],
-        g.inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", INT_LSTM_OPSET)], producer_name="qbench",
-                              ir_version=LSTM_IR_VERSION)
-    onnx.checker.check_model(proto)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return path
+    return save_graph(g, logits, path, name="qbench_lstm_int", frames="frames", feats=int(example.shape[2]),
+                      classes=model.head.weight.shape[0], opset=INT_LSTM_OPSET)
 
 
 def lstm_graph_of(qmodel: nn.Module, requested):
