@@ -41,16 +41,16 @@ _QUIET.propagate = False  # a failed point is in its record; its traceback is no
 
 def stage_points(cfg: SweepConfig, stage: str) -> list[Point]:
     """The points of ``plan_points(cfg)`` a stage measures (see :data:`STAGES`)."""
-    from qbench.sweep.config import SweepBackend
+    from qbench.backends import REFERENCE
     from qbench.sweep.plan import plan_points
 
     points = [p for p in plan_points(cfg) if p.role == "student"]
     if stage == "grid":
         return plan_points(cfg)
     if stage == "train":
-        return [p for p in points if p.method == "fp32" and p.backend is SweepBackend.TORCH]
+        return [p for p in points if p.method == "fp32" and p.backend == REFERENCE]
     if stage == "quantize":
-        return [p for p in points if p.backend is SweepBackend.TORCH
+        return [p for p in points if p.backend == REFERENCE
                 and (p.method != "fp32" or (p.distill in cfg.qat_distill and p.seed is None))]
     if stage == "export":
         return [p for p in points if p.method == "qat"]

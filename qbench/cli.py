@@ -24,7 +24,7 @@ from qbench.errors import QbenchError
 from qbench.files import is_environment_error, os_error_line
 
 # Order is the order ``--help`` lists them in.
-COMMANDS = ("data", "train", "quantize", "export", "sweep", "report")
+COMMANDS = ("data", "train", "quantize", "export", "sweep", "search", "report")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from kernels import IntLSTMEngine, IntLSTMModel, extract_lstm
-from qbench.export.onnx_lstm import lstm_student_parts
+from qbench.backends.engine import ENGINE_THREADS
+from qbench.capabilities import lstm_student_parts
 
-ENGINE_THREADS = 1  # the Numba kernel is single-threaded: it is timed, and reported, at one thread
 
 
 class StudentEngine:

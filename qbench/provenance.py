@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("qbench", "torch", "brevitas", "onnx", "onnxruntime", "openvino", "numba", "llvmlite", "numpy")
+LIBRARIES = ("qbench", "torch", "brevitas", "onnx", "numba", "llvmlite", "numpy")  # besides each backend's library
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -109,8 +109,10 @@ def machine_id(info: dict[str, Any] | None = None) -> str:
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries a figure depends on (None when absent)."""
+    from qbench.backends import specs
+
     out: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys([*LIBRARIES, *(s.library for s in specs() if s.library)]):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -28,6 +28,9 @@ RESULTS_SCHEMA_VERSION = 1
 DOCUMENT_KIND = "qbench-results"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+LATENCY_PENDING = "latency_pending"
+"""Set (true) on a record whose figures are in but whose latency is still to be timed (``--executor ray``
+times it after the tasks finish); such a point is not finished, and a resumed sweep measures it again."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -100,7 +103,7 @@ class ResultsDocument:
 
     def finished_ids(self, *, include_failed: bool = True) -> set[str]:
         keep = {STATUS_OK, STATUS_FAILED} if include_failed else {STATUS_OK}
-        return {r["id"] for r in self.records if r.get("status") in keep}
+        return {r["id"] for r in self.records if r.get("status") in keep and not r.get(LATENCY_PENDING)}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qbench.backends import REFERENCE, get
 from qbench.errors import QbenchError
 from qbench.records import STATUS_OK, ResultsDocument, atomic_write_text, records_frame
 
@@ -99,7 +100,7 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
     """Error and size per model, precision, method and distillation (PyTorch backend)."""
     rows = []
     for r in records:
-        if r.get("backend") != "torch":
+        if r.get("backend") != REFERENCE:
             continue
         metrics = r.get("metrics") or {}
         train = ((r.get("train") or {}).get("train_split") or {}).get("error")
@@ -128,7 +129,7 @@ def seeds_table(records: Sequence[dict[str, Any]]) -> str:
     from qbench.stats import mean_and_spread
 
     fp32 = [r for r in records if r.get("method") == "fp32" and r.get("role") == "student"
-            and r.get("backend") == "torch" and r["status"] == STATUS_OK]
+            and r.get("backend") == REFERENCE and r["status"] == STATUS_OK]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in fp32:
         groups.setdefault((r["model"], r.get("distill", "none")), []).append(r)
@@ -169,7 +170,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
     Columns appear for the (method, distillation) pairs the records hold, e.g. ``fp32 none``,
     ``fp32 kd``, ``ptq kd``, ``qat none``, ``qat kd``; failed points show ``failed``.
     """
-    torch_records = [r for r in records if r.get("backend") == "torch" and r.get("seed") is None]
+    torch_records = [r for r in records if r.get("backend") == REFERENCE and r.get("seed") is None]
     columns = sorted({(r.get("method"), r.get("distill")) for r in torch_records}, key=_column_order)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in torch_records:
@@ -221,12 +222,22 @@ def _speedup(r: dict[str, Any], baselines: dict, latency_field: str) -> str:
     """``x.xx×`` faster than the fp32 student on the same runtime (PyTorch for the engine), batch 1, 1 thread."""
     if r.get("method") == "fp32":
         return "baseline" if r.get("role") == "student" else "–"
-    backend = "torch" if r.get("backend") == "engine" else r.get("backend")
-    base = baselines.get((r.get("model"), r.get("distill", "none"), backend))
+    key = (r.get("model"), r.get("distill", "none"))
+    base = baselines.get((*key, r.get("backend")))
+    fallback = base is None  # a backend with no fp32 form of its own (the engine): against PyTorch's
+    base = baselines.get((*key, REFERENCE)) if fallback else base
     mine, theirs = _median(r, latency_field), _median(base, latency_field)
     if mine is None or theirs is None:
         return "–"
-    return f"{theirs / mine:.3g}×" + (" (vs PyTorch fp32)" if r.get("backend") == "engine" else "")
+    return f"{theirs / mine:.3g}×" + (f" (vs {_label(REFERENCE)} fp32)" if fallback else "")
+
+
+def _label(backend: str) -> str:
+    """A backend's report label; the raw name for one this install does not register."""
+    try:
+        return get(backend).label
+    except QbenchError:
+        return backend
 
 
 def _deployment_row(r: dict[str, Any], keys: list[str], *, backend: str, latency_field: str,
@@ -259,12 +270,12 @@ def deployment_table(records: Sequence[dict[str, Any]]) -> str:
     for r in records:
         if r.get("method") == "ptq" or r.get("seed") is not None:
             continue
-        backend = r.get("backend", "?")
+        backend = _label(r.get("backend", "?"))
         variant = r.get("runtime_variant")
         if r.get("latency_default_precision"):
             label = f"{backend} (f32)"
-        elif variant and backend == "onnxruntime":
-            label = f"{backend} ({variant.removeprefix('ort_')})"
+        elif variant and len(((r.get("conformance") or {}).get("max_steps") or {})) > 1:
+            label = f"{backend} ({variant.split('_', 1)[-1]})"  # the variant it was timed at, of several
         else:
             label = backend
         if r.get("lstm_graph"):
@@ -313,52 +324,101 @@ def render_markdown(doc: ResultsDocument) -> str:
     return "\n".join(parts)
 
 
-BACKEND_TAGS = {"torch": "pt", "engine": "int", "onnxruntime": "ort", "openvino": "ov"}
 GRAPH_TAGS = {"integer_scan": "-scan", "fakequant_unrolled": "-fq"}  # an LSTM's two ONNX lowerings
+
+
+def _tag(backend: str | None) -> str:
+    try:
+        return get(str(backend)).tag
+    except QbenchError:
+        return "?"
+
+
+def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other beats on both x and error (lower is better), in x order."""
+    out, best = [], math.inf
+    for x, e in sorted(points):
+        if e < best:
+            out.append((x, e))
+            best = e
+    return out
 
 
 def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str, *,
           tag_backends: bool = False, noisy_of=None) -> None:
+    """Error against a cost: colour = student, marker = weight bits, filled = fp32/QAT, hollow = PTQ,
+    faint = no distillation (or a noisy latency), error bars = 95 % intervals, a step line per
+    student along its fp32/QAT frontier, the chance line (when the records carry it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, ScalarFormatter
 
     markers = {None: "*", 2: "v", 3: "<", 4: "s", 5: ">", 6: "D", 7: "p", 8: "o"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     models = sorted({r["model"] for r in records})
     colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
-    seen = set()
+    seen, placed, by_model, chance, bits_seen = set(), [], {}, None, set()
     for r in records:
         x = x_of(r)
-        err = (r.get("metrics") or {}).get("error")
+        metrics = r.get("metrics") or {}
+        err = metrics.get("error")
         if x is None or err is None or (isinstance(x, float) and math.isnan(x)):
             continue
-        bits = r.get("weight_bits")
+        chance = metrics.get("chance", chance)
+        method = r.get("method", "qat")
         distilled = r.get("distill", "none") != "none"
-        label = f"{r['model']} {r.get('precision')}" + ("" if distilled else " (no KD)")
+        label = r["model"]
         colour = colours[r["model"]]
-        noisy = bool(noisy_of and noisy_of(r))  # hollow already means "no distillation": noisy is dashed, faint
-        ci = (r.get("metrics") or {}).get("ci95")
+        noisy = bool(noisy_of and noisy_of(r)) or not distilled  # faint: a noisy figure, or no distillation
+        ci = metrics.get("ci95")
         if ci and all(v is not None for v in ci):
             ax.errorbar(x, 100 * err, yerr=[[100 * (err - ci[0])], [100 * (ci[1] - err)]], fmt="none",
                         ecolor=colour, alpha=0.35, capsize=2, linewidth=1)
-        ax.scatter(x, 100 * err, marker=markers.get(bits, "x"), s=50, alpha=0.4 if noisy else 0.85, linewidths=1.5,
-                   facecolors=colour if distilled else "none", edgecolors=colour,
-                   linestyles="--" if noisy else "-", label=None if label in seen else label)
+        ax.scatter(x, 100 * err, marker=markers.get(r.get("weight_bits"), "x"), s=46, alpha=0.4 if noisy else 0.85,
+                   linewidths=1.4, facecolors="none" if method == "ptq" else colour, edgecolors=colour,
+                   linestyles="--" if noisy and distilled else "-")
+        bits_seen.add(r.get("weight_bits"))
+        if method != "ptq":
+            by_model.setdefault(r["model"], []).append((x, 100 * err))
         if tag_backends:
-            tag = BACKEND_TAGS.get(r.get("backend"), "?") + GRAPH_TAGS.get(r.get("lstm_graph"), "")
-            ax.annotate(tag + (NOISY_MARK if noisy else ""), (x, 100 * err),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+            tag = _tag(r.get("backend")) + GRAPH_TAGS.get(r.get("lstm_graph"), "") + (NOISY_MARK if noisy else "")
+            # nudge a tag down while it would sit on one already placed (same place on a log axis)
+            dy = 3
+            while any(abs(math.log10(x) - math.log10(px)) < 0.04 and abs(100 * err - pe) < 1.2 and abs(dy - pdy) < 7
+                      for px, pe, pdy in placed):
+                dy -= 7
+            placed.append((x, 100 * err, dy))
+            ax.annotate(tag, (x, 100 * err), fontsize=6, xytext=(3, dy), textcoords="offset points")
         seen.add(label)
+    for model, pts in by_model.items():
+        front = _frontier(pts)
+        if len(front) > 1:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colours[model], alpha=0.5,
+                    linewidth=1)
+    if chance is not None:
+        ax.axhline(100 * chance, color="r", linestyle=":", linewidth=0.9)
     if seen:
+        from matplotlib.lines import Line2D
+
         ax.set_xscale("log")
-        ax.legend(fontsize=7, ncol=2)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        key = [Line2D([], [], color=colours[m], marker="o", linestyle="-", label=f"{m} (line: frontier)") for m in models]
+        key += [Line2D([], [], color="0.3", marker=markers.get(b, "x"), linestyle="", label="fp32" if b is None else f"w{b}")
+                for b in sorted(bits_seen, key=lambda b: -1 if b is None else b)]
+        key += [Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="", label="PTQ (hollow)"),
+                Line2D([], [], color="0.3", marker="o", alpha=0.4, linestyle="", label="no KD or noisy (faint)")]
+        if chance is not None:
+            key.append(Line2D([], [], color="r", linestyle=":", label=f"chance ({100 * chance:.0f} %)"))
+        ax.legend(handles=key, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over a point
     else:
         ax.text(0.5, 0.5, "no measured points", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test error %")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -369,10 +429,10 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
 def render_plots(doc: ResultsDocument, out_dir: Path) -> list[Path]:
     """Pareto plots: error against packed size, and against batch-1 single-thread latency."""
     ok = [r for r in doc.records if r["status"] == STATUS_OK and r.get("role") != "teacher"]
-    torch_points = [r for r in ok if r.get("backend") == "torch"]
+    torch_points = [r for r in ok if r.get("backend") == REFERENCE]
     size_path, lat_path = out_dir / PLOT_SIZE, out_dir / PLOT_LATENCY
     _plot(torch_points, lambda r: r.get("packed_bytes"), "packed size (bytes)", size_path,
-          "Error against packed model size (marker = weight bits, hollow = no distillation)")
+          "Error against packed model size (marker = weight bits; filled = fp32/QAT, hollow = PTQ)")
     lat_points = [r for r in ok if r.get("method") != "ptq"]
     _plot(lat_points, lambda r: ((r.get("latency") or {}).get("b1_t1") or {}).get("median_ms"),
           "latency, batch 1, 1 thread (ms)\npt = PyTorch, int = integer engine, ort = ONNX Runtime, ov = OpenVINO f32",

@@ -1,33 +1,22 @@
 """Shared test configuration: per-backend markers and skips, and benchmark machine info.
 
-Markers come from the backends qbench registers (:class:`qbench.export.Backend`): a test that
-needs a runtime carries ``requires_<backend value>`` (``requires_onnxruntime``,
+Markers come from the backends qbench registers (:mod:`qbench.backends`): a test that needs a
+runtime carries its spec's marker ``requires_<name>`` (``requires_onnxruntime``,
 ``requires_openvino``), either written on it or added here to every test parametrised with a
 ``Backend``; it is skipped, with the reason in the summary, when that runtime is not installed.
-A new ``Backend`` member gets its marker without any edit here.
+A new backend gets its marker without any edit here.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from qbench.export.base import Backend
-
-
-def backend_marker(backend: Backend) -> str:
-    """The marker of tests that need ``backend``'s runtime (its value is the module it imports)."""
-    return f"requires_{backend.value}"
-
-
-def backend_installed(backend: Backend) -> bool:
-    return importlib.util.find_spec(backend.value) is not None
+from qbench.backends import Backend, specs
 
 
 def pytest_configure(config) -> None:
-    for backend in Backend:
-        config.addinivalue_line("markers", f"{backend_marker(backend)}: needs the {backend.value} runtime")
+    for spec in specs():
+        config.addinivalue_line("markers", f"{spec.marker}: needs {spec.label} ({spec.library or 'qbench'})")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -35,10 +24,10 @@ def pytest_collection_modifyitems(config, items) -> None:
         params = getattr(getattr(item, "callspec", None), "params", {})
         for value in params.values():
             if isinstance(value, Backend):
-                item.add_marker(backend_marker(value))
-        for backend in Backend:
-            if item.get_closest_marker(backend_marker(backend)) and not backend_installed(backend):
-                item.add_marker(pytest.mark.skip(reason=f"{backend.value} is not installed"))
+                item.add_marker(value.spec.marker)
+        for spec in specs():
+            if item.get_closest_marker(spec.marker) and not spec.installed():
+                item.add_marker(pytest.mark.skip(reason=f"{spec.library} is not installed"))
 
 
 def _benchmark_json_folder(config):

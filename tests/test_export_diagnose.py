@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qbench.backends import exported
 from qbench.export import Backend
 from qbench.export.diagnose import PROBE_EXACT, has_vnni, likely_cause, saturates, saturation_probe
 
@@ -26,31 +27,30 @@ def test_saturation_is_told_from_the_probe_value() -> None:
 
 
 def test_a_saturating_runtime_is_named_as_the_cause() -> None:
-    cause = likely_cause(Backend.OPENVINO, {}, act_bits=8, vnni=False, probe_value=SATURATED)
+    cause = likely_cause(Backend("openvino"), {}, act_bits=8, vnni=False, probe_value=SATURATED)
     assert cause.startswith("likely cause: the CPU lacks VNNI") and "saturate" in cause and str(PROBE_EXACT) in cause
 
 
 def test_without_probe_evidence_a_pre_vnni_cpu_is_a_possible_cause_only() -> None:
-    cause = likely_cause(Backend.ORT, {"opt_level": "enable_all"}, act_bits=8, vnni=False, probe_value=EXACT)
+    cause = likely_cause(Backend("onnxruntime"), {"opt_level": "enable_all"}, act_bits=8, vnni=False, probe_value=EXACT)
     assert cause.startswith("possible cause: the CPU lacks VNNI")
 
 
 def test_no_cause_is_claimed_on_vnni_or_below_8_bits() -> None:
-    assert likely_cause(Backend.OPENVINO, {}, act_bits=8, vnni=True, probe_value=EXACT) is None
-    assert likely_cause(Backend.OPENVINO, {}, act_bits=7, vnni=False, probe_value=SATURATED) is None
+    assert likely_cause(Backend("openvino"), {}, act_bits=8, vnni=True, probe_value=EXACT) is None
+    assert likely_cause(Backend("openvino"), {}, act_bits=7, vnni=False, probe_value=SATURATED) is None
 
 
-@pytest.mark.parametrize("backend", list(Backend))
+@pytest.mark.parametrize("backend", list(exported()))
 def test_probe_runs_on_each_runtime(backend: Backend) -> None:
     # exact on VNNI (and ARM) CPUs; saturated where the int8 path is vpmaddubsw: both are findings
-    options = {"opt_level": "enable_all"} if backend == Backend.ORT else {}
+    options = {"opt_level": "enable_all"} if backend == Backend("onnxruntime") else {}
     assert saturation_probe(backend, options) in (EXACT, SATURATED)
 
 
 @pytest.mark.requires_onnxruntime
 def test_onnx_passes_stand_in_matches_onnxoptimizer() -> None:
     """The two passes Brevitas' QCDQ export asks of onnxoptimizer, done with plain onnx."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -6,6 +6,7 @@ import json
 
 from qbench.cli import build_parser, main
 from qbench.distill import DistillMode
+from qbench.quant.precision import Precision
 from qbench.sweep.options import config_from_args
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.run import RESULTS_FILE
@@ -26,8 +27,8 @@ def test_quantize_reproduces_the_sweep_point(tmp_path) -> None:
     sweep_cfg = config_from_args(build_parser().parse_args(["sweep", *argv]))
     quantize_args = build_parser().parse_args(["quantize", *argv])
     quantize_cfg = config_from_args(quantize_args)
-    qat_file = Pipeline(sweep_cfg, cache_dir=cache).qat_path("dscnn", DistillMode.NONE, 4, 4)
-    assert qat_file == Pipeline(quantize_cfg, cache_dir=cache).qat_path("dscnn", DistillMode.NONE, 4, 4)
+    qat_file = Pipeline(sweep_cfg, cache_dir=cache).qat_path("dscnn", DistillMode.NONE, Precision.uniform(4, 4))
+    assert qat_file == Pipeline(quantize_cfg, cache_dir=cache).qat_path("dscnn", DistillMode.NONE, Precision.uniform(4, 4))
     before = qat_file.stat().st_mtime_ns
 
     records = run_stage(quantize_args, "quantize")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from brevitas.core.function_wrapper import FloorSte, RoundSte, RoundToZeroSte

@@ -37,20 +37,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sweep.add_run_arguments(r)
     r.add_argument("--out", type=Path, help="also copy the artifacts here, one folder per model and backend "
                    "(they are written to the cache)")
-    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "scale_type",
+    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "mixed", "scale_type",
                                                                       "granularity", "qat_distill", "backends")})
 
 
 def run(args: argparse.Namespace) -> int:
     from qbench.api import measure_points, stage_points, summary_table
     from qbench.commands.train import stage_pipeline
-    from qbench.sweep.config import SweepBackend
+    from qbench.backends import REFERENCE
 
-    if args.backends is not None and "torch" not in [b.strip() for b in args.backends.split(",")]:
-        args.backends = f"torch,{args.backends}"
+    if args.backends is not None and REFERENCE not in [b.strip() for b in args.backends.split(",")]:
+        args.backends = f"{REFERENCE},{args.backends}"
     cfg, pipe = stage_pipeline(args)
     points = stage_points(cfg, "export")
-    reference = [p for p in points if p.backend is SweepBackend.TORCH]
+    reference = [p for p in points if p.backend == REFERENCE]
     by_id = {r["id"]: r for r in measure_points(pipe, reference, strict=True)}
     by_id.update({r["id"]: r for r in measure_points(pipe, [p for p in points if p not in reference])})
     records = [by_id[p.id] for p in points]
@@ -72,7 +72,7 @@ def _copy_artifacts(pipe, points, out: Path) -> None:
     import models
 
     for p in points:
-        src = pipe.artifact_dir(p.model, p.distill, p.weight_bits, p.act_bits) / p.backend.value
+        src = pipe.artifact_dir(p.model, p.distill, p.bits) / p.backend.value
         if src.is_dir():
             dst = out / f"{models.file_name(p.model)}_{p.precision}" / p.backend.value
             shutil.copytree(src, dst, dirs_exist_ok=True)

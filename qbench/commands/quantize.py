@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sweep.add_data_arguments(p)
     sweep.add_measurement_arguments(p.add_argument_group("measurement"))
     sweep.add_run_arguments(p.add_argument_group("run"))
-    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "scale_type",
+    p.set_defaults(**{k: v for k, v in NOT_TAKEN.items() if k not in ("bits", "weight_bits", "act_bits", "mixed", "scale_type",
                                                                       "granularity", "qat_distill", "no_ptq")})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out", type=Path, help="results folder (default: results/<machine>/<sweep name>)")
     r.add_argument("--fresh", action="store_true", help="discard results already in --out instead of resuming")
     r.add_argument("--retry-failed", action="store_true", help="rerun points recorded as failed")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where points are computed: in this process (default) or as Ray tasks (pip install -e "
+                        "'.[ray]'); records and latency stay in this process either way")
+    r.add_argument("--ray-address", help="the Ray cluster of --executor ray, e.g. auto or HOST:6379 (default: start "
+                   "a local one on this machine); every node must see --cache at the same path")
 
 
 # The option groups below are shared with `train`, `quantize` and `export`: one name, one meaning.
@@ -62,6 +68,9 @@ def add_quant_arguments(g) -> None:
     g.add_argument("--bits", help="bit widths for weights and activations together, e.g. 2,4,8 (w2a2, w4a4, w8a8)")
     g.add_argument("--weight-bits", help="weight bit widths; crossed with --act-bits (default 8)")
     g.add_argument("--act-bits", help="activation bit widths; crossed with --weight-bits (default 8)")
+    g.add_argument("--mixed", action="append", metavar="PRECISION",
+                   help="a per-layer precision measured besides the uniform widths, e.g. 'w8a8:fc=w4,body.0=w6a8' "
+                        "(default widths, then layer=widths by module name or pattern; repeatable)")
     g.add_argument("--scale-type", choices=("float", "po2"), help="quantizer scales: float (default) or power-of-two")
     g.add_argument("--granularity", choices=("per_tensor", "per_channel"), help="weight scales (default per_tensor)")
 
@@ -103,12 +112,18 @@ def run(args: argparse.Namespace) -> int:
 
     cfg: SweepConfig = config_from_args(args)
     validate_names(cfg)
+    make_executor = _executor(args)
     out_dir = args.out or default_out_dir(cfg)
     cache_dir = writable_dir(args.cache or default_cache_dir(), what="cache folder")
     start = time.perf_counter()
     pipeline = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
-    doc = run_sweep(cfg, pipeline.measure, out_dir=out_dir, progress=not args.no_progress,
-                    retry_failed=args.retry_failed, fresh=args.fresh, prepare=_shared_stages(pipeline))
+    executor = make_executor(pipeline) if make_executor is not None else None
+    with executor or contextlib.nullcontext():
+        doc = run_sweep(cfg, pipeline.measure, out_dir=out_dir, progress=not args.no_progress,
+                        retry_failed=args.retry_failed, fresh=args.fresh, prepare=_shared_stages(pipeline),
+                        executor=executor)
+        if executor is not None and (cluster := executor.describe()) is not None:
+            doc.provenance["executor"] = cluster  # saved with the stage times, which it qualifies
     _record_stage_times(doc, pipeline, time.perf_counter() - start)
     written = render(doc)
     failed = [r for r in doc.records if r["status"] != "ok"]
@@ -123,6 +138,23 @@ def run(args: argparse.Namespace) -> int:
     if len(failed) > SHOWN_FAILURES:
         print(f"  ... and {len(failed) - SHOWN_FAILURES} more", file=sys.stderr)
     return EXIT_FAILED_POINTS
+
+
+def _executor(args):
+    """``--executor``: None (points computed in this process) or how to make the Ray executor for a
+    pipeline; checked before any work, so a bad combination or a missing Ray is one line."""
+    import functools
+
+    from qbench.errors import ConfigError
+
+    if args.executor != "ray":
+        if args.ray_address is not None:
+            raise ConfigError("--ray-address names the cluster of --executor ray: add --executor ray")
+        return None
+    from qbench.sweep.ray_executor import RayExecutor, require_ray
+
+    require_ray()
+    return functools.partial(RayExecutor, address=args.ray_address, show=show_data)
 
 
 def _record_stage_times(doc, pipeline, wall_seconds: float) -> None:

@@ -13,7 +13,7 @@ import argparse
 HELP = "train the fp32 students (optionally distilled from a cached teacher) and print their metrics"
 
 # Sweep options a stage command does not take, at the values that make them inert.
-NOT_TAKEN = dict(bits=None, weight_bits=None, act_bits=None, scale_type=None, granularity=None, qat_distill=None,
+NOT_TAKEN = dict(bits=None, weight_bits=None, act_bits=None, mixed=None, scale_type=None, granularity=None, qat_distill=None,
                  backends=None, no_ptq=False, no_quant=False, seeds=None)
 
 

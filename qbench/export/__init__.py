@@ -5,10 +5,11 @@ gives ``run(x (B, T, F)) -> logits``; ``check_conformance(artifact, qmodel, x)``
 artifact with its Brevitas model. Runtimes are imported only when a backend is used.
 """
 
-from qbench.export.base import Artifact, Backend, Precision, conformance_variants, export, register_exporter, runner
+from qbench.backends import Backend
+from qbench.export.base import Artifact, FloatPrecision, conformance_variants, export, runner
 from qbench.export.conformance import TOL_STEPS, Conformance, check_conformance
 
 __all__ = [
-    "Artifact", "Backend", "Conformance", "Precision", "TOL_STEPS", "check_conformance", "conformance_variants",
-    "export", "register_exporter", "runner",
+    "Artifact", "Backend", "Conformance", "FloatPrecision", "TOL_STEPS", "check_conformance", "conformance_variants",
+    "export", "runner",
 ]

@@ -1,4 +1,4 @@
-"""Backends, artifacts and the exporter/runner registries."""
+"""Artifacts, and export/run through the backend registry (:mod:`qbench.backends`)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from qbench.backends import Backend
 from qbench.errors import QbenchError
 
 Run = Callable[[np.ndarray], np.ndarray]  # (B, T, F) float32 -> (B, C) float32 logits
 
 
-class Backend(str, Enum):
-    """A runtime a quantized student is exported to."""
-
-    ORT = "onnxruntime"
-    """ONNX Runtime, CPU execution provider, running the QCDQ ONNX graph."""
-    OPENVINO = "openvino"
-    """OpenVINO CPU plugin, running IR converted from the QCDQ ONNX graph."""
-
-
-class Precision(str, Enum):
+class FloatPrecision(str, Enum):
     """The floating-point precision a runtime computes non-integer parts in."""
 
     F32 = "f32"
@@ -51,80 +43,46 @@ class Artifact:
     path: Path  # the file the runtime loads (ONNX for ORT, IR .xml for OpenVINO)
     files: tuple[Path, ...]  # every file that ships (IR .xml + .bin; the ONNX)
     size_bytes: int  # on disk, summed over ``files``
-    precision: Precision
-    weight_container: str  # int8 (QCDQ + Clip), int4, int2
-    weight_bits: int
-    act_bits: int
+    precision: FloatPrecision
+    weight_container: str  # int8 (QCDQ + Clip), int4, int2, or per tensor int4+int8, ... (onnx_cnn.container_summary)
+    weight_bits: int  # the widest weight width (a mixed precision has several)
+    act_bits: int  # the widest activation width
     notes: tuple[str, ...] = ()
     lstm_graph: str | None = None  # LSTMGraph value of an LSTM student's artifact, None for other students
 
-    def with_precision(self, precision: Precision) -> Artifact:
-        return dataclasses.replace(self, precision=Precision(precision))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))
+
+    def with_precision(self, precision: FloatPrecision) -> Artifact:
+        return dataclasses.replace(self, precision=FloatPrecision(precision))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(backend=self.backend.value, precision=self.precision.value, path=str(self.path),
+        out.update(backend=str(self.backend), precision=self.precision.value, path=str(self.path),
                    files=[str(f) for f in self.files], notes=list(self.notes))
         return out
-
-
-Exporter = Callable[..., Artifact]
-RunnerFactory = Callable[..., Run]
-
-_EXPORTERS: dict[Backend, Exporter] = {}
-_RUNNERS: dict[Backend, RunnerFactory] = {}
-_VARIANTS: dict[Backend, Callable[[Artifact], dict[str, dict[str, Any]]]] = {}
-
-
-def register_exporter(backend: Backend) -> Callable[[Exporter], Exporter]:
-    """Register ``exporter(qmodel, *, out_dir, example, name, lstm_graph) -> Artifact`` for ``backend``."""
-
-    def deco(fn: Exporter) -> Exporter:
-        _EXPORTERS[backend] = fn
-        return fn
-
-    return deco
-
-
-def register_runner(backend: Backend, *, conformance_variants: Callable[[Artifact], dict[str, dict[str, Any]]]):
-    """Register ``factory(artifact, *, threads, **options) -> run`` and the option sets
-    (e.g. graph optimisation on/off) that conformance checks each of."""
-
-    def deco(fn: RunnerFactory) -> RunnerFactory:
-        _RUNNERS[backend] = fn
-        _VARIANTS[backend] = conformance_variants
-        return fn
-
-    return deco
-
-
-def _load_backends() -> None:
-    # runtime modules are imported here, so `import qbench.export` stays light
-    from qbench.export import openvino, ort  # noqa: F401
 
 
 def export(qmodel: nn.Module, backend: Backend | str, *, out_dir: Path, example: np.ndarray,
            name: str = "model", lstm_graph: LSTMGraph | str = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
     """Export a quantized student to ``backend`` under ``out_dir``; ``example`` is (B, T, F);
     ``lstm_graph`` picks an LSTM student's lowering."""
-    _load_backends()
-    backend = Backend(backend)
-    return _EXPORTERS[backend](qmodel, out_dir=Path(out_dir), example=example, name=name,
-                               lstm_graph=LSTMGraph(lstm_graph))
+    spec = Backend(backend).spec
+    if not spec.exported:
+        raise QbenchError(f"{spec.name} runs in-process: it has no artifact to export")
+    return spec.exporter(qmodel, out_dir=Path(out_dir), example=example, name=name, lstm_graph=LSTMGraph(lstm_graph))
 
 
 def runner(artifact: Artifact, *, threads: int, **options: Any) -> Run:
     """A callable ``run(x (B, T, F)) -> logits (B, C)`` over ``artifact`` on ``threads`` threads."""
-    _load_backends()
     if threads < 1:
         raise QbenchError(f"threads must be >= 1, got {threads}")
-    return _RUNNERS[artifact.backend](artifact, threads=threads, **options)
+    return artifact.backend.spec.runner(artifact, threads=threads, **options)
 
 
 def conformance_variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
     """Named runner option sets a conformance check must pass under."""
-    _load_backends()
-    return _VARIANTS[artifact.backend](artifact)
+    return artifact.backend.spec.variants(artifact)
 
 
 def files_size(files: tuple[Path, ...]) -> int:

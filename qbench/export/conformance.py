@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qbench.capabilities import is_recurrent
 from qbench.export.base import Artifact, conformance_variants, runner
 
 TOL_STEPS = 2.0
@@ -111,6 +112,12 @@ def reference_and_step(qmodel: nn.Module, x: np.ndarray) -> tuple[np.ndarray, fl
     return ref, (max(scales) if scales else 0.0) * w
 
 
+def max_steps_bound(qmodel: nn.Module) -> float:
+    """The largest-difference bound of ``qmodel``: wider for a recurrent model, whose one-step code
+    differences are fed back (a capability, :func:`qbench.capabilities.is_recurrent`)."""
+    return TOL_STEPS_RECURRENT if is_recurrent(qmodel) else TOL_MAX_STEPS
+
+
 def check_conformance(
     artifact: Artifact, qmodel: nn.Module, x: Any, *, tol_steps: float | None = None,
     tol_max_steps: float | None = None, threads: int = 1,
@@ -119,14 +126,11 @@ def check_conformance(
     backend (most optimised first) and compare with ``qmodel``; see the module docstring.
 
     ``tol_steps`` defaults to :data:`TOL_STEPS`; ``tol_max_steps`` to :data:`TOL_MAX_STEPS`, or
-    :data:`TOL_STEPS_RECURRENT` for a model with a QuantLSTM.
+    :data:`TOL_STEPS_RECURRENT` for a recurrent model (:func:`qbench.capabilities.is_recurrent`).
     """
-    from brevitas.nn import QuantLSTM
-
     tol_steps = TOL_STEPS if tol_steps is None else tol_steps
-    recurrent = any(isinstance(m, QuantLSTM) for m in qmodel.modules())
-    if tol_max_steps is None:
-        tol_max_steps = TOL_STEPS_RECURRENT if recurrent else TOL_MAX_STEPS
+    recurrent = is_recurrent(qmodel)
+    tol_max_steps = max_steps_bound(qmodel) if tol_max_steps is None else tol_max_steps
     x = getattr(x, "x", x)  # a dataset Split: its (N, T, F) frames
     ref, step = reference_and_step(qmodel, x)
     step = max(step, FLOAT_FLOOR * float(np.abs(ref).max()))

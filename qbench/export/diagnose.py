@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from qbench.export.base import Artifact, Backend, Precision, files_size, runner
+from qbench.backends import Backend
+from qbench.export.base import Artifact, FloatPrecision, files_size, runner
 from qbench.export.onnx_cnn import INPUT_NAME
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
@@ -83,15 +84,9 @@ def _probe_graph(path: Path) -> Path:
 
 def _probe_artifact(backend: Backend, folder: Path) -> Artifact:
     onnx_path = _probe_graph(folder / "probe.onnx")
-    files: tuple[Path, ...] = (onnx_path,)
-    if backend == Backend.OPENVINO:
-        import openvino as ov
-
-        xml = folder / "probe.xml"
-        ov.save_model(ov.convert_model(str(onnx_path)), str(xml))
-        files = (xml, xml.with_suffix(".bin"))
+    files = Backend(backend).spec.files_from_onnx(onnx_path)
     return Artifact(backend=backend, path=files[0], files=files, size_bytes=files_size(files),
-                    precision=Precision.F32, weight_container="int8", weight_bits=8, act_bits=8)
+                    precision=FloatPrecision.F32, weight_container="int8", weight_bits=8, act_bits=8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +129,7 @@ def likely_cause(backend: Backend | str, options: dict[str, Any], *, act_bits: i
     saturated = saturates(probe_value)
     isa = "the CPU lacks VNNI" if vnni is False else "the CPU has VNNI" if vnni else "non-x86 CPU"
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    if limit and Backend(backend) == Backend.OPENVINO:  # oneDNN told to act as an older CPU
+    if limit and Backend(backend) == "openvino":  # oneDNN told to act as an older CPU
         isa = f"oneDNN limited to {limit} (ONEDNN_MAX_CPU_ISA)"
     if saturated:
         return (f"likely cause: {isa}; this runtime's int8 kernels saturate u8 x s8 pair products in int16 "

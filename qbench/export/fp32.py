@@ -1,7 +1,8 @@
 """The fp32 student on each runtime: the baseline a quantized artifact's speed-up and size are measured against.
 
 The float model is exported as plain ONNX (TorchScript exporter, opset 17, dynamic batch):
-ONNX Runtime runs that file, OpenVINO compiles it and saves IR (no fp16 compression). Global
+each runtime loads what its ``files_from_onnx`` makes of that file (ONNX Runtime the file itself,
+OpenVINO IR without fp16 compression). Global
 adaptive pools become ``ReduceMean`` as in the quantized export. Conformance against PyTorch is
 a float tolerance, not output steps: the runtimes reassociate float sums (fused kernels, other
 GEMM blocking), so logits agree to a few float32 ulps of their size, never bit for bit.
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qbench.export.base import Artifact, Backend, Precision, files_size
+from qbench.backends import Backend
+from qbench.export.base import Artifact, FloatPrecision, files_size
 
 FP32_OPSET = 17
 FP32_CONTAINER = "fp32"
@@ -61,16 +63,9 @@ def export_fp32(model: nn.Module, backend: Backend | str, *, out_dir: Path, exam
                 name: str = "fp32") -> Artifact:
     """The float student as an artifact of ``backend`` (ONNX for ONNX Runtime, IR for OpenVINO)."""
     backend = Backend(backend)
-    onnx_path = write_fp32_onnx(model, Path(out_dir) / f"{name}.onnx", example)
-    files: tuple[Path, ...] = (onnx_path,)
-    if backend is Backend.OPENVINO:
-        import openvino as ov
-
-        xml = onnx_path.with_suffix(".xml")
-        ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-        files = (xml, xml.with_suffix(".bin"))
+    files = backend.spec.files_from_onnx(write_fp32_onnx(model, Path(out_dir) / f"{name}.onnx", example))
     return Artifact(backend=backend, path=files[0], files=files, size_bytes=files_size(files),
-                    precision=Precision.F32, weight_container=FP32_CONTAINER, weight_bits=32, act_bits=32,
+                    precision=FloatPrecision.F32, weight_container=FP32_CONTAINER, weight_bits=32, act_bits=32,
                     notes=(f"fp32 ONNX (opset {FP32_OPSET}) of the float student",))
 
 

@@ -48,9 +48,11 @@ _CONTAINERS = {
 def write_onnx(qmodel: nn.Module, path: Path, example: torch.Tensor | np.ndarray) -> Path:
     """The model's ONNX graph: Brevitas QCDQ, or for a QuantLSTM student :mod:`qbench.export.onnx_lstm`
     (Brevitas 0.13 cannot export a QuantLSTM with a 16-bit cell state)."""
-    from brevitas.nn import QuantLSTM
+    from qbench.capabilities import RECURRENT, capabilities, lstm_student_parts
 
-    if any(isinstance(m, QuantLSTM) for m in qmodel.modules()):
+    caps = capabilities(qmodel)
+    if RECURRENT in caps:
+        lstm_student_parts(qmodel)  # a recurrent model of another shape: one line naming the supported one
         from qbench.export.onnx_lstm import export_lstm_onnx
 
         return export_lstm_onnx(qmodel, path, np.asarray(example, dtype=np.float32))
@@ -100,55 +102,85 @@ def _initializer(model, name: str) -> np.ndarray | None:
     return None
 
 
-def pack_weights(path: Path, container: WeightContainer, out: Path) -> int:
-    """Rewrite weight ``int8 -> Clip -> DequantizeLinear`` chains whose range fits ``container``.
+def pack_weights(path: Path, containers: tuple[WeightContainer, ...], out: Path) -> dict[str, int]:
+    """Rewrite each weight ``int8 -> Clip -> DequantizeLinear`` chain into the tightest of
+    ``containers`` its clip range fits (per tensor: a mixed-precision model gets INT4 for its
+    4-bit layers and keeps int8 for its 8-bit ones).
 
-    Writes ``out`` and returns how many weight tensors were converted (0 leaves the int8 graph).
+    Writes ``out`` when anything was converted; returns tensors per container, ``int8`` counting
+    the chains left as they were.
     """
     import ml_dtypes
     import onnx
     import onnx.version_converter
     from onnx import numpy_helper
 
-    if container == WeightContainer.INT8:
+    if WeightContainer.INT8 in containers:
         raise ValueError("int8 is Brevitas' own container; nothing to pack")
-    type_name, (lo, hi), opset = _CONTAINERS[container]
-    np_type = getattr(ml_dtypes, type_name.lower())
-    # the version converter rewrites ops whose signature moved (ReduceMean axes, ...)
-    model = onnx.version_converter.convert_version(onnx.load(str(path)), opset)
+    tightest_first = sorted(containers, key=hi_bits)
+    model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    converted, dead = 0, []
+    plan: list[tuple[object, WeightContainer]] = []  # (Clip node, container) per weight chain
+    counts: dict[str, int] = {}
     for clip in [n for n in model.graph.node if n.op_type == "Clip" and n.input[0] in inits]:
         w = numpy_helper.to_array(inits[clip.input[0]])
         cmin, cmax = _initializer(model, clip.input[1]), _initializer(model, clip.input[2])
         dqs = consumers.get(clip.output[0], [])
-        if w.dtype != np.int8 or cmin is None or cmax is None or int(cmin) < lo or int(cmax) > hi:
+        if w.dtype != np.int8 or cmin is None or cmax is None:
             continue
         if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or len(consumers[clip.input[0]]) != 1:
             continue
+        fits = [c for c in tightest_first if _CONTAINERS[c][1][0] <= int(cmin) and int(cmax) <= _CONTAINERS[c][1][1]]
+        container = fits[0] if fits else WeightContainer.INT8
+        counts[container.value] = counts.get(container.value, 0) + 1
+        if fits:
+            plan.append((clip, container))
+    if not plan:
+        return counts
+    # the version converter rewrites ops whose signature moved (ReduceMean axes, ...)
+    opset = max(_CONTAINERS[c][2] for _, c in plan)
+    converted = onnx.version_converter.convert_version(model, opset)
+    inits = {i.name: i for i in converted.graph.initializer}
+    consumers = {}
+    for node in converted.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    chosen = {clip.output[0]: container for clip, container in plan}  # node outputs keep their names
+    dead = []
+    for clip in [n for n in converted.graph.node if n.op_type == "Clip" and n.output[0] in chosen]:
+        container = chosen[clip.output[0]]
+        np_type = getattr(ml_dtypes, _CONTAINERS[container][0].lower())
+        w = numpy_helper.to_array(inits[clip.input[0]])
+        cmin, cmax = _initializer(converted, clip.input[1]), _initializer(converted, clip.input[2])
         codes = np.clip(w, int(cmin), int(cmax)).astype(np.int8)
-        dq = dqs[0]
+        dq = consumers[clip.output[0]][0]
         packed = numpy_helper.from_array(codes.astype(np_type), clip.input[0] + f"_{container.value}")  # raw, packed
-        old_zp = _initializer(model, dq.input[2]) if len(dq.input) > 2 else None
+        old_zp = _initializer(converted, dq.input[2]) if len(dq.input) > 2 else None
         zp_shape = () if old_zp is None else old_zp.shape  # per-axis DQ needs a zero point per scale
         zp = numpy_helper.from_array(np.zeros(zp_shape, np_type), clip.input[0] + f"_{container.value}_zp")
-        model.graph.initializer.extend([packed, zp])
+        converted.graph.initializer.extend([packed, zp])
         dq.input[0] = packed.name
         if len(dq.input) > 2:
             dq.input[2] = zp.name
         else:
             dq.input.append(zp.name)
         dead.append(clip)
-        converted += 1
     for node in dead:
-        model.graph.node.remove(node)
-    _drop_unused_initializers(model)
-    onnx.save(model, str(out))
-    return converted
+        converted.graph.node.remove(node)
+    _drop_unused_initializers(converted)
+    del converted.graph.value_info[:]  # the converter's inferred shapes: runtimes infer them again, the file ships lighter
+    onnx.save(converted, str(out))
+    return counts
+
+
+def container_summary(counts: dict[str, int]) -> str:
+    """``int4``, or the containers of a mixed graph joined tightest first (``int4+int8``)."""
+    order = [c.value for c in sorted(WeightContainer, key=hi_bits)]
+    return "+".join(c for c in order if counts.get(c)) or WeightContainer.INT8.value
 
 
 def _drop_unused_initializers(model) -> None:
@@ -197,28 +229,38 @@ def check_same_outputs(run_packed: Callable[[np.ndarray], np.ndarray], run_int8:
         raise ValueError(f"outputs differ from the int8 graph by {err:.3g} of the logit range (> {PACK_RTOL})")
 
 
-def try_packed(
-    onnx_path: Path, bits: int, check: Callable[[Path], None]
-) -> tuple[Path, WeightContainer, tuple[str, ...]]:
+def try_packed(onnx_path: Path, check: Callable[[Path], None]) -> tuple[Path, str, tuple[str, ...]]:
     """The tightest packed form of ``onnx_path`` that ``check`` accepts (it raises to refuse:
     the runtime cannot load it, or computes other logits than from the int8 graph).
 
-    Tries INT2 for 2-bit weights, then INT4 for <= 4-bit weights, else keeps Brevitas' int8
-    QCDQ graph. Returns the path, the container and one note per refused container.
+    Each weight tensor goes into the tightest container its range fits (INT2 for 2-bit, INT4 for
+    <= 4-bit, else Brevitas' int8); when the runtime refuses a container, the graph is packed
+    again without it. Returns the path, the containers used (:func:`container_summary`) and one
+    note per refused container.
     """
     notes: list[str] = []
-    for container in (WeightContainer.INT2, WeightContainer.INT4):
-        if bits > hi_bits(container):
-            continue
-        out = onnx_path.with_name(onnx_path.name.replace(".qcdq.onnx", f".{container.value}.onnx"))
-        if pack_weights(onnx_path, container, out) == 0:
-            out.unlink(missing_ok=True)
-            continue
+    allowed = [WeightContainer.INT2, WeightContainer.INT4]
+    while allowed:
+        out = onnx_path.with_name(onnx_path.name.replace(".qcdq.onnx", ".packed.onnx"))
+        counts = pack_weights(onnx_path, tuple(allowed), out)
+        used = [c for c in allowed if counts.get(c.value)]
+        if not used:
+            break
         try:
             check(out)
         except Exception as exc:  # noqa: BLE001 - a runtime refusing a type is data, recorded as a note
-            notes.append(f"{container.value} weights refused: {str(exc).strip().splitlines()[-1][:200]}")
+            refused = min(used, key=hi_bits)  # the newest, tightest type is the one runtimes lack
+            notes.append(f"{refused.value} weights refused: {str(exc).strip().splitlines()[-1][:200]}")
             out.unlink(missing_ok=True)
+            allowed.remove(refused)
             continue
-        return out, container, tuple(notes)
-    return onnx_path, WeightContainer.INT8, tuple(notes)
+        summary = container_summary(counts)
+        if out.stat().st_size >= onnx_path.stat().st_size:  # few narrow tensors, and the opset change costs more
+            notes.append(f"{summary} graph kept int8: {out.stat().st_size} bytes packed, not smaller than "
+                         f"{onnx_path.stat().st_size} as int8")
+            out.unlink(missing_ok=True)
+            break
+        final = out.with_name(out.name.replace(".packed.onnx", f".{summary}.onnx"))
+        out.replace(final)
+        return final, summary, tuple(notes)
+    return onnx_path, WeightContainer.INT8.value, tuple(notes)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qbench.errors import QbenchError
+from qbench.capabilities import first_int, lstm_student_parts
 from qbench.export.onnx_cnn import INPUT_NAME, OUTPUT_NAME
 
 LSTM_OPSET = 13
@@ -95,33 +95,6 @@ def _columns(specs, hidden: int) -> np.ndarray:
     return np.concatenate([np.broadcast_to(np.asarray(s.scale, np.float32), (hidden,)) for s in specs])
 
 
-def lstm_student_parts(qmodel: nn.Module):
-    """(clip_norm, frame_pool, input_norm, lstm, pooling, head) of an ``models.LSTMStudent``-shaped model."""
-    from brevitas.nn import QuantLinear, QuantLSTM
-
-    from models.frontend import ClipNorm
-
-    names = ("clip_norm", "frame_pool", "input_norm", "lstm", "pool", "fc", "dropout")
-    parts = {name: getattr(qmodel, name, None) for name in names}
-    expected = {"clip_norm": (ClipNorm, type(None)), "frame_pool": (nn.AvgPool1d, type(None)), "input_norm": (nn.BatchNorm1d, type(None)),
-                "lstm": (QuantLSTM,), "pool": (nn.Module, type(None)), "fc": (QuantLinear,),
-                "dropout": (nn.Dropout, type(None))}
-    known = {id(m) for m in parts.values() if m is not None}
-    pooling = "last" if parts["pool"] is None else "mean"  # the student's classify(): feats[:, -1] or pool(feats)
-    if (any(not isinstance(parts[n], t) for n, t in expected.items())
-            or any(id(m) not in known for m in qmodel.children())):
-        raise QbenchError(f"LSTM export supports models.LSTMStudent ([ClipNorm] -> [frame AvgPool1d] -> [BatchNorm1d] -> QuantLSTM "
-                          f"-> last/mean -> QuantLinear), not {type(qmodel).__name__}")
-    fp = parts["frame_pool"]
-    if fp is not None and (_one(fp.kernel_size) != _one(fp.stride) or _one(fp.padding) != 0 or fp.ceil_mode):
-        raise QbenchError(f"LSTM export: frame pooling must be non-overlapping without padding, got {fp}")
-    return parts["clip_norm"], fp, parts["input_norm"], parts["lstm"], pooling, parts["fc"]
-
-
-def _one(v) -> int:
-    return int(v[0] if isinstance(v, tuple) else v)
-
-
 def _clip_norm(g: _Graph, x: str, clip_norm) -> str:
     """(B, T, F) minus the clip's mean level, or the running mean of the frames so far (causal)."""
     from models.frontend import ClipNormMode
@@ -155,7 +128,7 @@ def _front_end(g: _Graph, x: str, clip_norm, frame_pool: nn.AvgPool1d | None, no
         return x
     y = g.op("Transpose", x, perm=[0, 2, 1])  # (B, F, T), as the student pools and normalises
     if frame_pool is not None:
-        k = _one(frame_pool.kernel_size)
+        k = first_int(frame_pool.kernel_size)
         y = g.op("AveragePool", y, kernel_shape=[k], strides=[k])
     if norm is not None:
         y = _input_norm(g, y, norm)
@@ -216,7 +189,7 @@ def export_lstm_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> Path
     qmodel.eval()
     model = extract_lstm(lstm, head)
     frames, feats = int(example.shape[1]), int(example.shape[2])
-    steps = frames // _one(frame_pool.kernel_size) if frame_pool is not None else frames
+    steps = frames // first_int(frame_pool.kernel_size) if frame_pool is not None else frames
     g = _Graph()
     x = _front_end(g, INPUT_NAME, clip_norm, frame_pool, norm)
     x = g.op("Div", x, g.const("input_scale", np.array(model.input_scale, np.float32)))  # as QbenchQuantLSTM divides

@@ -39,7 +39,8 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.export.onnx_cnn import INPUT_NAME
-from qbench.export.onnx_lstm import _front_end, _Graph, _one, lstm_student_parts, save_graph
+from qbench.capabilities import lstm_student_parts
+from qbench.export.onnx_lstm import _front_end, _Graph, save_graph
 
 INT_LSTM_OPSET = 16  # Scan-16, MatMulInteger-10, Gather/Round/Clip on float32
 ZERO_POINT = 128  # io codes travel as uint8 code + 128
@@ -213,11 +214,10 @@ def export_lstm_int_onnx(qmodel: nn.Module, path: Path, example: np.ndarray) -> 
 def lstm_graph_of(qmodel: nn.Module, requested):
     """The :class:`~qbench.export.base.LSTMGraph` an exporter writes for ``qmodel``: ``requested`` for
     an LSTM student, None for any other student (it has one graph)."""
-    from brevitas.nn import QuantLSTM
-
+    from qbench.capabilities import LSTM_STUDENT, capabilities
     from qbench.export.base import LSTMGraph
 
-    return LSTMGraph(requested) if any(isinstance(m, QuantLSTM) for m in qmodel.modules()) else None
+    return LSTMGraph(requested) if LSTM_STUDENT in capabilities(qmodel) else None
 
 
 def write_integer_lstm(qmodel: nn.Module, path: Path, example: np.ndarray):
@@ -225,4 +225,4 @@ def write_integer_lstm(qmodel: nn.Module, path: Path, example: np.ndarray):
     from qbench.export.onnx_cnn import WeightContainer
 
     export_lstm_int_onnx(qmodel, path, np.asarray(example, dtype=np.float32))
-    return path, WeightContainer.INT8, ("integer_scan graph: int8 weight codes feed MatMulInteger (no INT4/INT2 packing)",)
+    return path, WeightContainer.INT8.value, ("integer_scan graph: int8 weight codes feed MatMulInteger (no INT4/INT2 packing)",)

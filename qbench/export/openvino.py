@@ -1,4 +1,6 @@
-"""OpenVINO backend: QCDQ ONNX (tightest container OpenVINO reads, probed) saved as IR .xml/.bin."""
+"""OpenVINO backend: QCDQ ONNX (tightest container OpenVINO reads, probed) saved as IR .xml/.bin.
+
+Registered as ``openvino`` (:mod:`qbench.backends`); ``openvino`` is imported only when used."""
 
 from __future__ import annotations
 
@@ -8,21 +10,21 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qbench.export.base import (Artifact, Backend, LSTMGraph, Precision, Run, files_size, register_exporter,
-                                register_runner)
+from qbench.backends import BackendSpec, register
+from qbench.export.base import Artifact, FloatPrecision, LSTMGraph, Run, files_size
 from qbench.export.onnx_cnn import act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
 
 DEVICE = "CPU"
 
 
-def _config(threads: int, precision: Precision) -> dict[str, Any]:
+def _config(threads: int, precision: FloatPrecision) -> dict[str, Any]:
     config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if Precision(precision) == Precision.F32:
+    if FloatPrecision(precision) == FloatPrecision.F32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     return config
 
 
-def _compile(path: Path, *, threads: int = 1, precision: Precision = Precision.F32):
+def _compile(path: Path, *, threads: int = 1, precision: FloatPrecision = FloatPrecision.F32):
     import openvino as ov
 
     return ov.Core().compile_model(str(path), DEVICE, _config(threads, precision))
@@ -36,13 +38,19 @@ def default_precision() -> str:
     return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
-@register_exporter(Backend.OPENVINO)
+def ir_from_onnx(onnx_path: Path, xml: Path | None = None) -> tuple[Path, Path]:
+    """OpenVINO IR (``.xml`` + ``.bin``, no fp16 compression) of an ONNX file, beside it unless ``xml`` is given."""
+    import openvino as ov
+
+    xml = onnx_path.with_suffix(".xml") if xml is None else xml
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return xml, xml.with_suffix(".bin")
+
+
 def export_openvino(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model",
                     lstm_graph: LSTMGraph = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
     """QCDQ ONNX -> tightest weight container OpenVINO compiles -> IR (``.xml`` + ``.bin``, no fp16 compression).
     An LSTM student's ``integer_scan`` graph keeps int8 weight codes (MatMulInteger's input)."""
-    import openvino as ov
-
     from qbench.export.onnx_lstm_int import lstm_graph_of, write_integer_lstm
 
     bits = max(weight_bits(qmodel), default=8)
@@ -57,25 +65,23 @@ def export_openvino(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, na
             packed, int8 = _compile(path), _compile(onnx_path)
             check_same_outputs(lambda v: packed(v)[0], lambda v: int8(v)[0], x)
 
-        src, container, notes = try_packed(onnx_path, bits, check)
-    xml = out_dir / f"{name}.{container.value}{'.' + graph.value if graph else ''}.xml"
-    ov.save_model(ov.Core().read_model(str(src)), str(xml), compress_to_fp16=False)
-    files = (xml, xml.with_suffix(".bin"))
+        src, container, notes = try_packed(onnx_path, check)
+    files = ir_from_onnx(src, out_dir / f"{name}.{container}{'.' + graph.value if graph else ''}.xml")
+    xml = files[0]
     notes = notes + (f"IR converted from {src.name}; CPU default inference precision is {default_precision()}",)
     return Artifact(
-        backend=Backend.OPENVINO, path=xml, files=files, size_bytes=files_size(files), precision=Precision.F32,
-        weight_container=container.value, weight_bits=bits, act_bits=act_bits(qmodel), notes=notes,
+        backend=NAME, path=xml, files=files, size_bytes=files_size(files), precision=FloatPrecision.F32,
+        weight_container=container, weight_bits=bits, act_bits=act_bits(qmodel), notes=notes,
         lstm_graph=graph and graph.value,
     )
 
 
 def _variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
     # OpenVINO has no switch to turn its graph transformations off; f32 is the checked form
-    return {"openvino_f32": {"precision": Precision.F32}}
+    return {"openvino_f32": {"precision": FloatPrecision.F32}}
 
 
-@register_runner(Backend.OPENVINO, conformance_variants=_variants)
-def openvino_runner(artifact: Artifact, *, threads: int, precision: Precision | None = None) -> Run:
+def openvino_runner(artifact: Artifact, *, threads: int, precision: FloatPrecision | None = None) -> Run:
     compiled = _compile(artifact.path, threads=threads, precision=precision or artifact.precision)
     request = compiled.create_infer_request()
 
@@ -84,3 +90,22 @@ def openvino_runner(artifact: Artifact, *, threads: int, precision: Precision | 
         return request.get_output_tensor(0).data.copy()
 
     return run
+
+
+def default_precision_latency(pipe, point, artifact: Artifact) -> dict[str, Any]:
+    """What users get without a precision hint (bf16 on CPUs that have it): timed, never scored."""
+    from qbench.sweep.points import latency
+
+    return {"latency_default_precision": latency(
+                pipe, lambda threads: openvino_runner(artifact, threads=threads, precision=FloatPrecision.DEFAULT)),
+            "runtime_precision": {"errors_and_latency": "f32", "latency_default_precision": default_precision()}}
+
+
+NAME = "openvino"
+register(BackendSpec(
+    name=NAME, label="OpenVINO", tag="ov", library="openvino", order=3,
+    description="the exported model compiled by OpenVINO's CPU plugin (errors at the f32 hint)",
+    exporter=export_openvino, runner=openvino_runner, variants=_variants, files_from_onnx=ir_from_onnx,
+    lstm_graphs=(LSTMGraph.INTEGER_SCAN.value, LSTMGraph.FAKEQUANT_UNROLLED.value),
+    extra_figures=default_precision_latency,
+))

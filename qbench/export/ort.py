@@ -1,4 +1,6 @@
-"""ONNX Runtime backend: QCDQ ONNX with the tightest weight container ORT runs (probed)."""
+"""ONNX Runtime backend: QCDQ ONNX with the tightest weight container ORT runs (probed).
+
+Registered as ``onnxruntime`` (:mod:`qbench.backends`); ``onnxruntime`` is imported only when used."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qbench.export.base import (Artifact, Backend, LSTMGraph, Precision, Run, files_size, register_exporter,
-                                register_runner)
+from qbench.backends import BackendSpec, register
+from qbench.export.base import Artifact, FloatPrecision, LSTMGraph, Run, files_size
 from qbench.export.onnx_cnn import INPUT_NAME, act_bits, check_same_outputs, try_packed, weight_bits, write_onnx
 
 OPT_LEVELS = ("disable_all", "enable_all")
@@ -62,10 +64,9 @@ def _kernels_after_fusion(path: Path) -> str:
     return ", ".join(f"{op} x{n}" for op, n in sorted(ops.items())) or "float kernels on dequantized weights"
 
 
-@register_exporter(Backend.ORT)
 def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: str = "model",
                lstm_graph: LSTMGraph = LSTMGraph.FAKEQUANT_UNROLLED) -> Artifact:
-    """QCDQ ONNX; weights of <= 4 (<= 2) bits are repacked as INT4 (INT2) when ORT runs that form.
+    """QCDQ ONNX; each weight tensor of <= 4 (<= 2) bits is repacked as INT4 (INT2) when ORT runs that form.
     An LSTM student's ``integer_scan`` graph keeps int8 weight codes (MatMulInteger's input)."""
     from qbench.export.onnx_lstm_int import lstm_graph_of, write_integer_lstm
 
@@ -75,11 +76,11 @@ def export_ort(qmodel: nn.Module, *, out_dir: Path, example: np.ndarray, name: s
     else:
         onnx_path = write_onnx(qmodel, out_dir / f"{name}.qcdq.onnx", example)
         x = np.ascontiguousarray(example, dtype=np.float32)
-        path, container, notes = try_packed(onnx_path, max(weight_bits(qmodel), default=8), _runs_like(onnx_path, x))
+        path, container, notes = try_packed(onnx_path, _runs_like(onnx_path, x))
     notes = notes + (f"CPU execution provider; ENABLE_ALL runs {_kernels_after_fusion(path)}",)
     return Artifact(
-        backend=Backend.ORT, path=path, files=(path,), size_bytes=files_size((path,)), precision=Precision.F32,
-        weight_container=container.value, weight_bits=max(weight_bits(qmodel), default=8),
+        backend=NAME, path=path, files=(path,), size_bytes=files_size((path,)), precision=FloatPrecision.F32,
+        weight_container=container, weight_bits=max(weight_bits(qmodel), default=8),
         act_bits=act_bits(qmodel), notes=notes, lstm_graph=graph and graph.value,
     )
 
@@ -94,7 +95,6 @@ def _variants(artifact: Artifact) -> dict[str, dict[str, Any]]:
     return {f"ort_{level}": {"opt_level": level} for level in CONFORMANCE_LEVELS}
 
 
-@register_runner(Backend.ORT, conformance_variants=_variants)
 def ort_runner(artifact: Artifact, *, threads: int, opt_level: str = "enable_all") -> Run:
     sess = _session(artifact.path, threads=threads, opt_level=opt_level)
 
@@ -103,3 +103,11 @@ def ort_runner(artifact: Artifact, *, threads: int, opt_level: str = "enable_all
 
     return run
 
+
+NAME = "onnxruntime"
+register(BackendSpec(
+    name=NAME, label="ONNX Runtime", tag="ort", library="onnxruntime", order=2,
+    description="the exported ONNX graph in ONNX Runtime (CPU execution provider)",
+    exporter=export_ort, runner=ort_runner, variants=_variants, files_from_onnx=lambda onnx_path: (onnx_path,),
+    lstm_graphs=(LSTMGraph.INTEGER_SCAN.value, LSTMGraph.FAKEQUANT_UNROLLED.value),
+))

@@ -56,7 +56,9 @@ class QuantConfig(Config):
 
     ``act_bits`` covers every activation (inputs, LSTM gates, sigmoid/tanh outputs, ReLU
     outputs); ``gate_bits`` overrides it for the LSTM gate accumulators and ``cell_bits``
-    for the LSTM cell state, which is commonly kept wider (16 bits).
+    for the LSTM cell state, which is commonly kept wider (16 bits). ``layers`` holds per-layer
+    overrides ``(module name or pattern, weight bits or None, act bits or None)``; the
+    :class:`~qbench.quant.precision.Precision` of the config is :attr:`precision`.
     """
 
     weight_bits: int = 8
@@ -66,6 +68,7 @@ class QuantConfig(Config):
     granularity: Granularity = Granularity.PER_TENSOR
     scale_type: ScaleType = ScaleType.FLOAT
     rounding: Rounding = Rounding.ROUND
+    layers: tuple[tuple[str, int | None, int | None], ...] = ()
 
     def __post_init__(self) -> None:
         check_bits("QuantConfig", "weight_bits", self.weight_bits)
@@ -75,6 +78,33 @@ class QuantConfig(Config):
         check_bits("QuantConfig", "cell_bits", self.cell_bits, allow_wide=True)
         for name, enum_type in (("granularity", Granularity), ("scale_type", ScaleType), ("rounding", Rounding)):
             object.__setattr__(self, name, coerce_enum("QuantConfig", name, getattr(self, name), enum_type))
+        object.__setattr__(self, "layers", tuple((str(n), w, a) for n, w, a in self.layers))
+        self.precision  # validates the overrides
+
+    def to_dict(self):
+        out = super().to_dict()
+        if not self.layers:
+            del out["layers"]  # uniform widths: the document (and every cache key) as before per-layer widths
+        return out
+
+    @property
+    def precision(self):
+        """The bit widths as a :class:`~qbench.quant.precision.Precision` (uniform or per layer)."""
+        from qbench.quant.precision import LayerBits, Precision
+
+        return Precision(self.weight_bits, self.act_bits, tuple(LayerBits(*o) for o in self.layers))
+
+    def with_precision(self, precision) -> QuantConfig:
+        """This config at ``precision``'s widths (scales, rounding and the LSTM's wide registers kept)."""
+        return self.replace(weight_bits=precision.weight_bits, act_bits=precision.act_bits,
+                            layers=tuple((o.layer, o.weight_bits, o.act_bits) for o in precision.layers))
+
+    def for_layer(self, name: str) -> QuantConfig:
+        """The uniform config the module named ``name`` is quantized with."""
+        if not self.layers:
+            return self
+        w, a = self.precision.widths_of(name)
+        return self.replace(weight_bits=w, act_bits=a, layers=())
 
     @property
     def effective_gate_bits(self) -> int:
@@ -82,8 +112,8 @@ class QuantConfig(Config):
 
     @property
     def tag(self) -> str:
-        """Short name of the bit-widths, e.g. ``w4a8``; models prefix it: ``lstm_w4a8``."""
-        return f"w{self.weight_bits}a{self.act_bits}"
+        """Short name of the bit-widths, e.g. ``w4a8`` (``mixed-...`` per layer); models prefix it: ``lstm_w4a8``."""
+        return self.precision.name
 
     def name(self, model: str) -> str:
         return f"{model}_{self.tag}"

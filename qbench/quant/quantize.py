@@ -84,7 +84,11 @@ def quantize(model: M, qcfg: QuantConfig) -> M:
     qmodel = copy.deepcopy(model).cpu().float()
     fold_batchnorm(qmodel)
     _check_supported(qmodel)
-    _swap_children(qmodel, qcfg)
+    swapped = _swap_children(qmodel, qcfg)
+    unmatched = [o.layer for o in qcfg.precision.layers if not any(o.matches(n) for n in swapped)]
+    if unmatched:
+        raise QbenchError(f"precision {qcfg.precision}: {', '.join(unmatched)} names no quantized layer of "
+                          f"{type(model).__name__}; its layers: {', '.join(swapped)}")
     qmodel.train(model.training)
     return qmodel
 
@@ -103,8 +107,11 @@ def _check_supported(model: nn.Module) -> None:
                           f"{sorted(t.__name__ for t in PASSTHROUGH + KEPT_FLOAT)}")
 
 
-def _swap_children(parent: nn.Module, qcfg: QuantConfig) -> None:
+def _swap_children(parent: nn.Module, qcfg: QuantConfig, prefix: str = "") -> list[str]:
+    """Swap ``parent``'s supported children, each at the widths ``qcfg`` gives its qualified name;
+    returns the qualified names swapped."""
     names = list(parent._modules)
+    swapped: list[str] = []
     # contexts read the float neighbours, so take them all before the first swap
     contexts = [_context(parent, names, i) if isinstance(parent, nn.Sequential) else SwapContext()
                 for i in range(len(names))]
@@ -115,9 +122,11 @@ def _swap_children(parent: nn.Module, qcfg: QuantConfig) -> None:
         handler = _QUANTIZERS.get(type(child))
         if handler is None:
             if not isinstance(child, PASSTHROUGH + KEPT_FLOAT):
-                _swap_children(child, qcfg)
+                swapped += _swap_children(child, qcfg, f"{prefix}{name}.")
             continue
-        parent._modules[name] = handler(child, qcfg, ctx)
+        parent._modules[name] = handler(child, qcfg.for_layer(prefix + name), ctx)
+        swapped.append(prefix + name)
+    return swapped
 
 
 def _neighbour(parent: nn.Module, names: list[str], i: int, step: int) -> nn.Module | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 
 from models.frontend import ClipNormMode
 from qbench.config import Config, check_range, coerce_enum
@@ -11,23 +10,17 @@ from qbench.data.config import DataConfig
 from qbench.distill import DistillConfig, DistillMode
 from qbench.errors import ConfigError
 from qbench.quant.config import BIT_WIDTHS, QuantConfig, check_bits
+from qbench.quant.precision import Precision
 from qbench.train import TrainConfig
 
 
-class SweepBackend(str, Enum):
-    """Where a quantized student runs in a sweep."""
+def default_backends() -> tuple[str, ...]:
+    """Every registered backend (:mod:`qbench.backends`), the reference (PyTorch) first."""
+    from qbench import backends
 
-    TORCH = "torch"
-    """PyTorch: the fp32 model or the Brevitas fake-quantized model."""
-    ENGINE = "engine"
-    """qbench's Numba fixed-point integer engine (LSTM students only)."""
-    ONNXRUNTIME = "onnxruntime"
-    """The exported ONNX graph in ONNX Runtime (CPU execution provider)."""
-    OPENVINO = "openvino"
-    """The exported model compiled by OpenVINO's CPU plugin (f32 hint and runtime default)."""
+    return backends.names()
 
 
-DEFAULT_BACKENDS = tuple(SweepBackend)
 ALL_CORES = 0  # in ``threads``: every usable core of the machine that runs the sweep
 
 
@@ -78,7 +71,7 @@ class SweepConfig(Config):
     distill: tuple[DistillMode, ...] = (DistillMode.NONE, DistillMode.TKD)
     qat_distill: tuple[DistillMode, ...] = (DistillMode.TKD,)
     bits: tuple[tuple[int, int], ...] = ((2, 2), (4, 4), (8, 8))
-    backends: tuple[SweepBackend, ...] = DEFAULT_BACKENDS
+    backends: tuple[str, ...] = dataclasses.field(default_factory=default_backends)  # registered names
     threads: tuple[int, ...] = (1, ALL_CORES)
     batch: int = 32
     ptq: bool = True
@@ -96,15 +89,18 @@ class SweepConfig(Config):
     clip_norm: ClipNormMode = ClipNormMode.CLIP  # every model's level normalisation (models.frontend)
     teacher_clips_per_class: int | None = DEFAULT_TEACHER_CLIPS_PER_CLASS  # generated data: the teacher's own size
     checkpoints: tuple[tuple[str, str], ...] = ()  # student -> state-dict file it starts from instead of training
+    mixed: tuple[str, ...] = ()  # per-layer precisions measured besides ``bits`` (qbench.quant.precision text form)
 
     def __post_init__(self) -> None:
+        from qbench import backends
+
         owner = "SweepConfig"
         if not self.models:
             raise ConfigError(f"{owner}.models must name at least one student")
         object.__setattr__(self, "distill", tuple(coerce_enum(owner, "distill", d, DistillMode) for d in self.distill))
         object.__setattr__(self, "qat_distill",
                            tuple(coerce_enum(owner, "qat_distill", d, DistillMode) for d in self.qat_distill))
-        object.__setattr__(self, "backends", tuple(coerce_enum(owner, "backends", b, SweepBackend) for b in self.backends))
+        object.__setattr__(self, "backends", tuple(_backend(owner, b) for b in self.backends))
         object.__setattr__(self, "clip_norm", coerce_enum(owner, "clip_norm", self.clip_norm, ClipNormMode))
         if not self.distill or not self.backends or not self.bits or not self.threads:
             raise ConfigError(f"{owner}: distill, backends, bits and threads must each name at least one value")
@@ -112,11 +108,12 @@ class SweepConfig(Config):
         if missing:
             raise ConfigError(f"{owner}.qat_distill: {', '.join(missing)} must also be in distill "
                               f"(QAT starts from the fp32 student distilled the same way)")
-        if SweepBackend.TORCH not in self.backends:
-            raise ConfigError(f"{owner}.backends must include torch: every other backend is checked against it")
+        if backends.REFERENCE not in self.backends:
+            raise ConfigError(f"{owner}.backends must include {backends.REFERENCE}: every other backend is checked against it")
         for w, a in self.bits:
             check_bits(owner, "weight bits", w)
             check_bits(owner, "activation bits", a)
+        object.__setattr__(self, "mixed", tuple(str(Precision.parse(m)) for m in self.mixed))
         for t in self.threads:
             check_range(owner, "threads", t, 0, 1024, integer=True)
         check_range(owner, "batch", self.batch, 1, 65536, integer=True)
@@ -163,8 +160,18 @@ class SweepConfig(Config):
         """Options every student and teacher is built with (empty at the defaults, so cache keys stay put)."""
         return {} if self.clip_norm is ClipNormMode.CLIP else {"clip_norm": self.clip_norm.value}
 
-    def quant_config(self, weight_bits: int, act_bits: int) -> QuantConfig:
-        return self.quant.replace(weight_bits=weight_bits, act_bits=act_bits)
+    def quant_config(self, bits: Precision) -> QuantConfig:
+        return self.quant.with_precision(bits)
+
+    def precisions(self) -> tuple[Precision, ...]:
+        """Every quantized width of the grid: the uniform ``bits`` pairs, then the ``mixed`` ones."""
+        return (*(Precision.uniform(w, a) for w, a in self.bits), *(Precision.parse(m) for m in self.mixed))
+
+    def to_dict(self):
+        out = super().to_dict()
+        if not self.mixed:
+            del out["mixed"]  # uniform grids: the document (and its key) as before per-layer widths
+        return out
 
     def distill_config(self, mode: DistillMode) -> DistillConfig:
         return self.distill_params.replace(mode=mode, teacher=self.teacher)
@@ -207,3 +214,10 @@ def bit_pairs(*, bits: tuple[int, ...] | None, weight_bits: tuple[int, ...] | No
     if weight_bits is None and act_bits is None:
         return None
     return tuple((w, a) for w in (weight_bits or (8,)) for a in (act_bits or (8,)))
+
+
+def _backend(owner: str, name: object):
+    from qbench.backends import Backend, get
+
+    get(str(name), owner=f"{owner}.backends")  # a one-line error naming the registered ones
+    return Backend(str(name))

@@ -87,6 +87,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     )
     if pairs is not None:
         fields["bits"] = pairs
+    if getattr(args, "mixed", None):
+        from qbench.quant.precision import Precision
+
+        fields["mixed"] = tuple(str(Precision.parse(m)) for m in args.mixed)
     for option, name in (("models", "models"), ("distill", "distill"), ("qat_distill", "qat_distill"),
                          ("backends", "backends")):
         value = getattr(args, option)
@@ -168,3 +172,22 @@ def validate_names(cfg: SweepConfig) -> None:
         models.resolve_student(m)  # loads a file.py:factory spec: a bad file is one line now, not a failed point
     if cfg.teacher not in models.list_teachers():
         raise ConfigError(f"--teacher: unknown teacher {cfg.teacher!r}; known: {', '.join(models.list_teachers())}")
+    _check_mixed(cfg)
+
+
+def _check_mixed(cfg: SweepConfig) -> None:
+    """Every ``--mixed`` override names a layer of every student: a typo is one line before any work."""
+    import fnmatch
+
+    import models
+
+    for precision in (p for p in cfg.precisions() if p.mixed):
+        for model in cfg.models:
+            options = {} if models.is_user_student(model) else cfg.model_options
+            net = models.build_student(model, n_mels=cfg.data.features.n_mels, n_frames=cfg.data.n_frames,
+                                       n_classes=10, **options)
+            names = [n for n, _ in net.named_modules() if n]
+            for o in precision.layers:
+                if not any(n == o.layer or fnmatch.fnmatchcase(n, o.layer) for n in names):
+                    raise ConfigError(f"--mixed {precision}: {o.layer!r} names no layer of {model} "
+                                      f"(its layers: {', '.join(n for n in names if '.' not in n)}, ...)")

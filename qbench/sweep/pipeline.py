@@ -22,6 +22,7 @@ from qbench.distill import DistillMode
 from qbench.errors import QbenchError
 from qbench.data.config import default_cache_dir
 from qbench.model_cache import cache_key, load_or_fit
+from qbench.quant.precision import Precision
 from qbench.sweep.config import SweepConfig
 
 
@@ -51,6 +52,8 @@ class Pipeline:
         if dataset is not None:
             self._memo[("data",)] = self._memo[("teacher-data",)] = keyed_dataset(dataset)
         self.stage_seconds: dict[str, float] = {}  # wall time per stage in this run (see STAGES)
+        # set while a worker computes points whose timing belongs elsewhere (qbench.sweep.deferred)
+        self.latency_sink: Callable[..., dict[str, Any]] | None = None
         self._open: list[list[float]] = []  # [start, seconds spent in nested stages] per running stage
 
     def measure(self, point) -> dict[str, Any]:
@@ -230,53 +233,53 @@ class Pipeline:
                     ("test", ds.test))}
         return model, {"checkpoint": str(path), "checkpoint_sha256": file_digest(path), "epochs": 0, **figures}
 
-    def ptq(self, model: str, mode: DistillMode, w: int, a: int) -> nn.Module:
+    def ptq(self, model: str, mode: DistillMode, bits: Precision) -> nn.Module:
         """Post-training quantization of the fp32 student: calibration on training data only."""
         from qbench.quant.quantize import calibrate, quantize
         from qbench.train import torch_settings
 
         def make():
-            qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(w, a))
+            qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(bits))
             # calibration runs on training's thread policy (one thread unless configured)
             with torch_settings(threads=self.cfg.student_train.threads, seed=self.cfg.seed):
                 calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
             return qmodel.eval()
 
-        return self.once(("ptq", model, mode.value, w, a), make)
+        return self.once(("ptq", model, mode.value, str(bits)), make)
 
-    def qat(self, model: str, mode: DistillMode, w: int, a: int) -> tuple[nn.Module, dict[str, Any]]:
+    def qat(self, model: str, mode: DistillMode, bits: Precision) -> tuple[nn.Module, dict[str, Any]]:
         """QAT from the PTQ model (its calibrated scales), distilled as the student was (cached)."""
         import copy
 
         def build() -> nn.Module:
-            return copy.deepcopy(self.ptq(model, mode, w, a))
+            return copy.deepcopy(self.ptq(model, mode, bits))
 
         def make():
-            path = self.cache_dir / "models" / f"qat-{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
-            return load_or_fit(path, build, lambda m: self._fit(m, train_cfg=self.cfg.qat_train, mode=mode))
+            return load_or_fit(self.qat_path(model, mode, bits), build,
+                               lambda m: self._fit(m, train_cfg=self.cfg.qat_train, mode=mode))
 
-        return self.once(("qat", model, mode.value, w, a), make)
+        return self.once(("qat", model, mode.value, str(bits)), make)
 
-    def _qat_key(self, model: str, mode: DistillMode, w: int, a: int) -> str:
+    def _qat_key(self, model: str, mode: DistillMode, bits: Precision) -> str:
         """Cache key of everything that determines a QAT model's weights."""
         return cache_key({**self._student_description(model, mode), "stage": "qat",
-                          "quant": self.cfg.quant_config(w, a).to_dict(), "qat": self.cfg.qat_train.to_dict()})
+                          "quant": self.cfg.quant_config(bits).to_dict(), "qat": self.cfg.qat_train.to_dict()})
 
     def fp32_artifact_dir(self, model: str, mode: DistillMode) -> Path:
         """Where the fp32 student's runtime artifacts are written (one folder per trained student)."""
         return self.cache_dir / "artifacts" / f"{self._file_name(model)}_fp32-{cache_key(self._student_description(model, mode))}"
 
-    def artifact_dir(self, model: str, mode: DistillMode, w: int, a: int) -> Path:
+    def artifact_dir(self, model: str, mode: DistillMode, bits: Precision) -> Path:
         """Where this QAT model's exported artifacts are written (one folder per QAT model)."""
-        return self.cache_dir / "artifacts" / f"{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}"
+        return self.cache_dir / "artifacts" / f"{self._file_name(model)}_{bits.name}-{self._qat_key(model, mode, bits)}"
 
     def student_path(self, model: str, mode: DistillMode) -> Path:
         """The cache file of the fp32 student (the sweep's seed)."""
         return self.cache_dir / "models" / f"student-{self._file_name(model)}-{cache_key(self._student_description(model, mode))}.pt"
 
-    def qat_path(self, model: str, mode: DistillMode, w: int, a: int) -> Path:
-        """The cache file of the QAT model at ``w``/``a`` bits."""
-        return self.cache_dir / "models" / f"qat-{self._file_name(model)}_w{w}a{a}-{self._qat_key(model, mode, w, a)}.pt"
+    def qat_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
+        """The cache file of the QAT model at ``bits``."""
+        return self.cache_dir / "models" / f"qat-{self._file_name(model)}_{bits.name}-{self._qat_key(model, mode, bits)}.pt"
 
     @staticmethod
     def _file_name(model: str) -> str:

@@ -7,14 +7,12 @@ trained student or QAT model is built once and measured on every backend before 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+from qbench.backends import REFERENCE, Backend
 from qbench.distill import DistillMode
-from qbench.sweep.config import SweepBackend, SweepConfig
-
-# Students the integer engine can run: it implements the quantized LSTM recurrence.
-ENGINE_MODELS = frozenset({"lstm"})
-# Runtimes that also get the fp32 student, exported as float ONNX (qbench.export.fp32).
-FP32_EXPORT_BACKENDS = frozenset({SweepBackend.ONNXRUNTIME, SweepBackend.OPENVINO})
+from qbench.quant.precision import Precision
+from qbench.sweep.config import SweepConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,19 +23,30 @@ class Point:
     model: str
     method: str
     distill: DistillMode
-    backend: SweepBackend
-    weight_bits: int | None = None
-    act_bits: int | None = None
+    backend: Backend
+    bits: Precision | None = None  # quantized points: the widths (None: fp32)
     seed: int | None = None  # an extra training seed of an fp32 student (None: the sweep's seed)
     lstm_graph: str | None = None  # LSTM students on exported runtimes: which ONNX lowering
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))
+
     @property
     def precision(self) -> str:
-        return "fp32" if self.weight_bits is None else f"w{self.weight_bits}a{self.act_bits}"
+        """``fp32`` or the widths' name (``w4a8``, ``mixed-...``)."""
+        return "fp32" if self.bits is None else self.bits.name
+
+    @property
+    def weight_bits(self) -> int | None:
+        return None if self.bits is None else self.bits.weight_bits
+
+    @property
+    def act_bits(self) -> int | None:
+        return None if self.bits is None else self.bits.act_bits
 
     @property
     def id(self) -> str:
-        name = self.model if self.weight_bits is None else f"{self.model}_{self.precision}"
+        name = self.model if self.bits is None else f"{self.model}_{self.precision}"
         seed = "" if self.seed is None else f"@seed{self.seed}"
         graph = "" if self.lstm_graph is None else f"+{self.lstm_graph}"
         return f"{self.role}:{name}/{self.method}/{self.distill.value}/{self.backend.value}{graph}{seed}"
@@ -48,39 +57,60 @@ class Point:
             "role": self.role, "model": self.model, "precision": self.precision, "method": self.method,
             "distill": self.distill.value, "backend": self.backend.value,
             "weight_bits": self.weight_bits, "act_bits": self.act_bits, "seed": self.seed,
-            "lstm_graph": self.lstm_graph,
+            "lstm_graph": self.lstm_graph, **({"bits": str(self.bits)} if self.bits is not None and self.bits.mixed else {}),
         }
 
 
-def lstm_graphs(model: str, backend: SweepBackend) -> list[str | None]:
-    """Both ONNX lowerings of an LSTM student on an exported runtime (timed side by side); else one."""
-    from qbench.export.base import LSTMGraph
+def lstm_graphs(caps: frozenset[str], backend: Backend) -> list[str | None]:
+    """The ONNX lowerings of an LSTM student its backend measures side by side; else one graph."""
+    from qbench.capabilities import LSTM_STUDENT
 
-    if model in ENGINE_MODELS and backend in FP32_EXPORT_BACKENDS:
-        return [g.value for g in (LSTMGraph.INTEGER_SCAN, LSTMGraph.FAKEQUANT_UNROLLED)]
-    return [None]
+    return list(backend.spec.lstm_graphs) if LSTM_STUDENT in caps and backend.spec.lstm_graphs else [None]
 
 
-def quant_backends(cfg: SweepConfig, model: str) -> list[SweepBackend]:
-    return [b for b in cfg.backends if b is not SweepBackend.ENGINE or model in ENGINE_MODELS]
+def student_capabilities(cfg: SweepConfig, model: str) -> frozenset[str]:
+    """What ``model`` can do (:mod:`qbench.capabilities`), from an untrained build at the data's
+    shape (the class count, unknown before user data is read, changes no capability)."""
+    import models
+
+    options = {} if models.is_user_student(model) else cfg.model_options
+    return _capabilities(model, cfg.data.features.n_mels, cfg.data.n_frames, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _capabilities(model: str, n_mels: int, n_frames: int, options: tuple) -> frozenset[str]:
+    import models
+    from qbench.capabilities import capabilities
+
+    try:
+        net = models.build_student(model, n_mels=n_mels, n_frames=n_frames, n_classes=10, **dict(options))
+    except Exception:  # noqa: BLE001 - a model that cannot be built fails at its own points, with its reason
+        return frozenset()
+    return capabilities(net)
+
+
+def quant_backends(cfg: SweepConfig, model: str) -> list[Backend]:
+    """The sweep's backends that can run ``model`` (the engine only LSTM students, ...)."""
+    caps = student_capabilities(cfg, model)
+    return [b for b in cfg.backends if b.spec.supports(caps)]
 
 
 def plan_points(cfg: SweepConfig) -> list[Point]:
     """Teacher first, then per student and distillation mode: the fp32 point (one per training
     seed), then (for the modes in ``qat_distill``) PTQ and QAT points, each QAT model on every backend."""
-    points = [Point("teacher", cfg.teacher, "fp32", DistillMode.NONE, SweepBackend.TORCH)]
+    points = [Point("teacher", cfg.teacher, "fp32", DistillMode.NONE, REFERENCE)]
     for model in cfg.models:
         for mode in cfg.distill:
-            points.append(Point("student", model, "fp32", mode, SweepBackend.TORCH))
-            points += [Point("student", model, "fp32", mode, SweepBackend.TORCH, seed=s) for s in cfg.seeds]
+            points.append(Point("student", model, "fp32", mode, REFERENCE))
+            points += [Point("student", model, "fp32", mode, REFERENCE, seed=s) for s in cfg.seeds]
             if mode not in cfg.qat_distill:
                 continue
             # the float student on every runtime its quantized twins run on: their speed-up baseline
-            points += [Point("student", model, "fp32", mode, b) for b in cfg.backends if b in FP32_EXPORT_BACKENDS]
-            for w, a in cfg.bits:
+            points += [Point("student", model, "fp32", mode, b) for b in cfg.backends if b.spec.exported]
+            for bits in cfg.precisions():
                 if cfg.ptq:
-                    points.append(Point("student", model, "ptq", mode, SweepBackend.TORCH, w, a))
+                    points.append(Point("student", model, "ptq", mode, REFERENCE, bits))
                 for backend in quant_backends(cfg, model):
-                    points += [Point("student", model, "qat", mode, backend, w, a, lstm_graph=g)
-                               for g in lstm_graphs(model, backend)]
+                    points += [Point("student", model, "qat", mode, backend, bits, lstm_graph=g)
+                               for g in lstm_graphs(student_capabilities(cfg, model), backend)]
     return points

@@ -22,26 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from qbench.errors import QbenchError
+from qbench.backends import Backend, specs
+from qbench.capabilities import capabilities
 from qbench.distill import DistillMode
+from qbench.errors import QbenchError
 from qbench.metrics import error_change_interval, evaluate
-from qbench.sweep.config import SweepBackend
-from qbench.sweep.plan import ENGINE_MODELS, Point
+from qbench.sweep.plan import Point
 
 NAN = float("nan")
 Run = Callable[[np.ndarray], np.ndarray]
 RunnerFactory = Callable[[int], Run]  # threads -> run(x) -> (B, C) logits
 EVAL_BATCH = 256
-
-_QAT_BACKENDS: dict[SweepBackend, Callable[..., dict[str, Any]]] = {}
-
-
-def on_backend(backend: SweepBackend):
-    """Register how a QAT point is measured on ``backend``."""
-    def deco(fn):
-        _QAT_BACKENDS[backend] = fn
-        return fn
-    return deco
 
 
 def scores_of(run: Run, x: np.ndarray) -> np.ndarray:
@@ -50,9 +41,14 @@ def scores_of(run: Run, x: np.ndarray) -> np.ndarray:
 
 
 def latency(pipe, factory: RunnerFactory, *, threads: tuple[int, ...] | None = None) -> dict[str, dict[str, float]]:
-    """Latency at batch 1 and the sweep's batch, for each thread count (default: the sweep's)."""
+    """Latency at batch 1 and the sweep's batch, for each thread count (default: the sweep's).
+
+    Every timing of a sweep goes through here; a pipeline whose ``latency_sink`` is set (a Ray
+    task, :mod:`qbench.sweep.deferred`) hands the runner factory to it instead of timing."""
     if not pipe.cfg.latency:
         return {}  # not measured: the tables show NaN
+    if getattr(pipe, "latency_sink", None) is not None:
+        return pipe.latency_sink(factory, threads)
     inputs = pipe.latency_inputs()
     with pipe.timed("latency"):
         return _timings(pipe, factory, inputs, threads or pipe.thread_counts())
@@ -78,7 +74,16 @@ def agreement(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def _error(pipe, scores: np.ndarray) -> dict[str, float]:
     ds = pipe.dataset()
-    return evaluate(pipe.eval_split().y, scores, multilabel=ds.multilabel)
+    y = pipe.eval_split().y
+    return {**evaluate(y, scores, multilabel=ds.multilabel), "chance": chance_error(y, multilabel=ds.multilabel)}
+
+
+def chance_error(y: np.ndarray, *, multilabel: bool) -> float:
+    """The error of a model that knows only the test split's class frequencies: always the most
+    frequent class (single-label), or scores that rank clips at random (multi-label: AP = prevalence)."""
+    if multilabel:
+        return float(1.0 - np.mean(np.asarray(y, dtype=np.float64).mean(axis=0)))
+    return float(1.0 - np.bincount(np.asarray(y)).max() / len(y))
 
 
 def _torch_scores(pipe, model) -> np.ndarray:
@@ -88,7 +93,7 @@ def _torch_scores(pipe, model) -> np.ndarray:
     return scores_of(torch_runner(model, threads=max(pipe.thread_counts())), pipe.eval_split().x)
 
 
-def _error_figures(pipe, point: Point, scores: np.ndarray) -> dict[str, Any]:
+def error_figures(pipe, point: Point, scores: np.ndarray) -> dict[str, Any]:
     """The test metrics of ``scores`` and their error change against this point's fp32 student."""
     metrics = _error(pipe, scores)
     _, fp32_scores, fp32_metrics = fp32_reference(pipe, point)
@@ -150,7 +155,8 @@ def measure_point(pipe, point: Point) -> dict[str, Any]:
     if point.role == "teacher":
         teacher = pipe.teacher()
         return {"metrics": _error(pipe, _torch_scores(pipe, teacher)), **_float_figures(pipe, teacher, teacher=True)}
-    if point.method == "fp32" and point.backend is not SweepBackend.TORCH:
+    spec = Backend(point.backend).spec
+    if point.method == "fp32" and spec.exported:
         return _fp32_exported(pipe, point)
     if point.method == "fp32":
         model, _, metrics = fp32_reference(pipe, point)
@@ -158,12 +164,12 @@ def measure_point(pipe, point: Point) -> dict[str, Any]:
                 **_float_figures(pipe, model, teacher=False),
                 "train": pipe.student(point.model, point.distill, point.seed)[1]}
     if point.method == "ptq":
-        qmodel = pipe.ptq(point.model, point.distill, point.weight_bits, point.act_bits)
-        return {**_quant_torch_figures(pipe, point, qmodel, with_latency=False), **_input_range(pipe, point, qmodel)}
-    return _QAT_BACKENDS[point.backend](pipe, point)
+        qmodel = pipe.ptq(point.model, point.distill, point.bits)
+        return {**quant_torch_figures(pipe, point, qmodel, with_latency=False), **input_range(pipe, point, qmodel)}
+    return spec.measure(pipe, point) if spec.measure is not None else _exported_figures(pipe, point)
 
 
-def _size_figures(pipe, point: Point, qmodel) -> dict[str, Any]:
+def size_figures(pipe, point: Point, qmodel) -> dict[str, Any]:
     from qbench.quant.size import packed_size
 
     fp32_model = pipe.student(point.model, point.distill)[0]
@@ -173,27 +179,19 @@ def _size_figures(pipe, point: Point, qmodel) -> dict[str, Any]:
             "pct_teacher": 100.0 * size.ratio_to(_teacher_bytes(pipe))}
 
 
-def _quant_torch_figures(pipe, point: Point, qmodel, *, with_latency: bool) -> dict[str, Any]:
-    out = {**_error_figures(pipe, point, _quant_scores(pipe, point, qmodel)), "file_bytes": NAN,
-           **_size_figures(pipe, point, qmodel)}
+def quant_torch_figures(pipe, point: Point, qmodel, *, with_latency: bool) -> dict[str, Any]:
+    out = {**error_figures(pipe, point, quant_scores(pipe, point, qmodel)), "file_bytes": NAN,
+           **size_figures(pipe, point, qmodel)}
     out["latency"] = latency(pipe, _torch_factory(qmodel)) if with_latency else {}
     return out
 
 
-def _quant_scores(pipe, point: Point, qmodel) -> np.ndarray:
-    key = ("quant-scores", point.model, point.method, point.distill.value, point.weight_bits, point.act_bits)
+def quant_scores(pipe, point: Point, qmodel) -> np.ndarray:
+    key = ("quant-scores", point.model, point.method, point.distill.value, point.bits)
     return pipe.once(key, lambda: _torch_scores(pipe, qmodel))
 
 
-@on_backend(SweepBackend.TORCH)
-def _qat_torch(pipe, point: Point) -> dict[str, Any]:
-    qmodel, meta = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
-    # The Brevitas model is the reference other backends agree with: no agreement of its own.
-    return {**_quant_torch_figures(pipe, point, qmodel, with_latency=True), "train": meta,
-            **_input_range(pipe, point, qmodel)}
-
-
-def _input_range(pipe, point: Point, qmodel) -> dict[str, Any]:
+def input_range(pipe, point: Point, qmodel) -> dict[str, Any]:
     """Clipping of the quantized LSTM's shared io quantizer on calibration data (LSTM students)."""
     from qbench.quant.lstm import lstm_clipping
     from qbench.sweep.pipeline import CALIBRATION_BATCHES
@@ -211,16 +209,17 @@ class ConformanceFailed(QbenchError):
 CONFORMANCE_CLIPS = 256  # test clips each artifact is checked on before it is measured
 
 
-def _artifact(pipe, point: Point, backend):
+def _artifact(pipe, point: Point):
     """The exported artifact of this point's QAT model (exported once per run), checked for conformance."""
     from qbench.export import check_conformance, export
     from qbench.export.base import LSTMGraph
 
     graph = LSTMGraph(point.lstm_graph or LSTMGraph.FAKEQUANT_UNROLLED)
+    backend = Backend(point.backend)
 
     def make():
-        qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
-        out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / backend.value
+        qmodel, _ = pipe.qat(point.model, point.distill, point.bits)
+        out_dir = pipe.artifact_dir(point.model, point.distill, point.bits) / backend.value
         art = export(qmodel, backend, out_dir=out_dir, example=pipe.latency_inputs()[1], lstm_graph=graph)
         conf = check_conformance(art, qmodel, pipe.eval_split().x[:CONFORMANCE_CLIPS],
                                  threads=max(pipe.thread_counts()))
@@ -228,38 +227,51 @@ def _artifact(pipe, point: Point, backend):
             raise ConformanceFailed(f"conformance failed: {conf.reason}")
         return art, conf
 
-    key = ("artifact", backend.value, point.model, point.distill.value, point.weight_bits, point.act_bits, graph.value)
+    key = ("artifact", backend.value, point.model, point.distill.value, point.bits, graph.value)
     return pipe.once(key, make)
 
 
-def _exported_figures(pipe, point: Point, backend) -> dict[str, Any]:
-    """Error, agreement, sizes and latency of the artifact under its fastest conforming variant."""
+def _exported_figures(pipe, point: Point) -> dict[str, Any]:
+    """Error, agreement, sizes and latency of the artifact under its fastest conforming variant, and
+    what its backend measures besides (``extra_figures``)."""
     from qbench.export import runner
 
-    qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
-    art, conf = _artifact(pipe, point, backend)
+    qmodel, _ = pipe.qat(point.model, point.distill, point.bits)
+    art, conf = _artifact(pipe, point)
     run_options = conf.best_options
     scores = scores_of(runner(art, threads=max(pipe.thread_counts()), **run_options), pipe.eval_split().x)
-    engine_agreement = {}
-    if point.model in ENGINE_MODELS:  # the integer engine is a second reference for LSTM artifacts
-        engine_agreement = {"engine": agreement(scores, _engine_scores(pipe, point, qmodel))}
     return {
-        **_error_figures(pipe, point, scores), **_size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
-        "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **engine_agreement},
+        **error_figures(pipe, point, scores), **size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
+        "agreement": {**agreement(scores, quant_scores(pipe, point, qmodel)),
+                      **_second_references(pipe, point, qmodel, scores)},
         "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
-                     "files": [p.name for p in art.files], "lstm_graph": getattr(art, "lstm_graph", None)},
+                     "files": [p.name for p in art.files], "lstm_graph": art.lstm_graph},
         "conformance": conf.to_dict(), "runtime_variant": conf.best,
         "latency": latency(pipe, lambda threads: runner(art, threads=threads, **run_options)),
+        **_extra_figures(pipe, point, art),
     }
+
+
+def _second_references(pipe, point: Point, qmodel, scores: np.ndarray) -> dict[str, Any]:
+    """Agreement with every in-process backend that scores this model besides Brevitas (the integer
+    engine for LSTM students), keyed by its name."""
+    caps = capabilities(qmodel)
+    return {spec.name: agreement(scores, spec.scores(pipe, point, qmodel))
+            for spec in specs() if spec.scores is not None and spec.supports(caps)}
+
+
+def _extra_figures(pipe, point: Point, art) -> dict[str, Any]:
+    extra = art.backend.spec.extra_figures
+    return extra(pipe, point, art) if extra is not None else {}
 
 
 def _fp32_exported(pipe, point: Point) -> dict[str, Any]:
     """The fp32 student on an exported runtime: float conformance with PyTorch, error, file size, latency."""
-    from qbench.export import Backend, Precision, runner
+    from qbench.export import runner
     from qbench.export.fp32 import export_fp32, float_conformance
 
     model, reference, _ = fp32_reference(pipe, point)
-    backend = Backend(point.backend.value)
+    backend = Backend(point.backend)
     out_dir = pipe.fp32_artifact_dir(point.model, point.distill) / backend.value
     art = export_fp32(model, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
     scores = scores_of(runner(art, threads=max(pipe.thread_counts())), pipe.eval_split().x)
@@ -267,73 +279,8 @@ def _fp32_exported(pipe, point: Point) -> dict[str, Any]:
     if conf["status"] != "ok":
         raise ConformanceFailed(f"fp32 conformance failed: {conf['reason']}")
     figures = _float_figures(pipe, model, teacher=False, factory=lambda threads: runner(art, threads=threads))
-    out = {**_error_figures(pipe, point, scores), **figures, "file_bytes": art.size_bytes,
+    out = {**error_figures(pipe, point, scores), **figures, "file_bytes": art.size_bytes,
            "agreement": agreement(scores, reference), "conformance": conf,
            "artifact": {"weight_container": art.weight_container, "notes": list(art.notes),
                         "files": [p.name for p in art.files]}}
-    if backend is Backend.OPENVINO:
-        from qbench.export.openvino import default_precision
-
-        out["latency_default_precision"] = latency(
-            pipe, lambda threads: runner(art, threads=threads, precision=Precision.DEFAULT))
-        out["runtime_precision"] = {"errors_and_latency": "f32", "latency_default_precision": default_precision()}
-    return out
-
-
-@on_backend(SweepBackend.ONNXRUNTIME)
-def _qat_onnxruntime(pipe, point: Point) -> dict[str, Any]:
-    from qbench.export import Backend
-
-    return _exported_figures(pipe, point, Backend.ORT)
-
-
-@on_backend(SweepBackend.OPENVINO)
-def _qat_openvino(pipe, point: Point) -> dict[str, Any]:
-    """Error at the f32 precision hint; latency at f32 and at the runtime's default precision."""
-    from qbench.export import Backend, Precision, runner
-    from qbench.export.openvino import default_precision
-
-    out = _exported_figures(pipe, point, Backend.OPENVINO)  # its one conformance variant: the f32 hint
-    art, _ = _artifact(pipe, point, Backend.OPENVINO)
-    out["latency_default_precision"] = latency(
-        pipe, lambda threads: runner(art, threads=threads, precision=Precision.DEFAULT))
-    out["runtime_precision"] = {"errors_and_latency": "f32", "latency_default_precision": default_precision()}
-    return out
-
-
-def _student_engine(pipe, point: Point, qmodel):
-    """The integer engine extracted from this point's QAT model (extracted once per run)."""
-    from qbench.engine import StudentEngine
-
-    key = ("engine", point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe.once(key, lambda: StudentEngine(qmodel))
-
-
-def _engine_scores(pipe, point: Point, qmodel) -> np.ndarray:
-    """(N, C) logits of the integer engine on the test split (computed once per QAT model)."""
-    key = ("engine-scores", point.model, point.distill.value, point.weight_bits, point.act_bits)
-    return pipe.once(key, lambda: scores_of(_student_engine(pipe, point, qmodel), pipe.eval_split().x))
-
-
-@on_backend(SweepBackend.ENGINE)
-def _qat_engine(pipe, point: Point) -> dict[str, Any]:
-    """The Numba integer engine: error, code-level agreement with Brevitas, stored size, latency."""
-    import kernels
-    from qbench.engine import ENGINE_THREADS
-
-    qmodel, _ = pipe.qat(point.model, point.distill, point.weight_bits, point.act_bits)
-    engine = _student_engine(pipe, point, qmodel)
-    x = pipe.eval_split().x
-    scores = _engine_scores(pipe, point, qmodel)
-    out_dir = pipe.artifact_dir(point.model, point.distill, point.weight_bits, point.act_bits) / "engine"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kernels.save_model(engine.model, out_dir / "model.npz")
-    # hidden codes compared with Brevitas on the whole (capped) test split, free running and per step
-    codes = kernels.agreement(engine.model, qmodel.lstm, engine.features(x), head=qmodel.fc)
-    return {
-        **_error_figures(pipe, point, scores), **_size_figures(pipe, point, qmodel),
-        "engine_packed_bytes": engine.model.packed_nbytes,
-        "file_bytes": (out_dir / "model.npz").stat().st_size,
-        "agreement": {**agreement(scores, _quant_scores(pipe, point, qmodel)), **codes},
-        "latency": latency(pipe, lambda threads: engine, threads=(ENGINE_THREADS,)),
-    }
+    return {**out, **_extra_figures(pipe, point, art)}

@@ -19,12 +19,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qbench.errors import QbenchError
 from qbench.files import environment_errors, folder_lock, is_environment_error, os_error_line, remove_stale_temps
 from qbench.provenance import machine_id, provenance
-from qbench.records import STATUS_OK, ResultsDocument, failed_record
+from qbench.records import LATENCY_PENDING, STATUS_OK, ResultsDocument, failed_record
 from qbench.report import CSV_NAME, PLOT_LATENCY, PLOT_SIZE, TABLE_NAME
 from qbench.sweep.config import SweepConfig
 from qbench.sweep.plan import Point, plan_points
@@ -107,8 +107,35 @@ def measure_or_fail(point: Point, measure: MeasureFn, log: logging.Logger) -> di
     return record
 
 
+class Executor(Protocol):
+    """How the records of a sweep's points are computed (the driver writes them, in :func:`run_sweep`)."""
+
+    def prepare(self, todo: list[Point]) -> None:
+        """Build what every point needs, before the results file exists; raise to stop the sweep."""
+
+    def records(self, todo: list[Point], log: logging.Logger) -> Iterator[dict[str, Any]]:
+        """One record per point of ``todo``, each as it finishes, in any order. A record marked
+        ``LATENCY_PENDING`` is yielded again, complete, later."""
+
+
+class LocalExecutor:
+    """In this process, point by point in plan order (``--executor local``, the default)."""
+
+    def __init__(self, measure: MeasureFn, prepare: PrepareFn | None = None) -> None:
+        self._measure, self._prepare = measure, prepare
+
+    def prepare(self, todo: list[Point]) -> None:
+        if self._prepare is not None:
+            self._prepare(todo)
+
+    def records(self, todo: list[Point], log: logging.Logger) -> Iterator[dict[str, Any]]:
+        for point in todo:
+            yield measure_or_fail(point, self._measure, log)
+
+
 def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: bool = True,
-              retry_failed: bool = False, fresh: bool = False, prepare: PrepareFn | None = None) -> ResultsDocument:
+              retry_failed: bool = False, fresh: bool = False, prepare: PrepareFn | None = None,
+              executor: Executor | None = None) -> ResultsDocument:
     """Measure every planned point not already finished in ``out_dir``; return the document.
 
     ``prepare(todo)`` is called before the results file is first written, only when points are
@@ -116,13 +143,16 @@ def run_sweep(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: 
     again. ``fresh`` discards earlier results in ``out_dir`` first. Raises :class:`QbenchError` when
     another process is writing ``out_dir``, when the results belong to another config or machine,
     and when a write hits a full disk or a read-only place (finished records are kept).
+    ``executor`` computes the records instead of ``measure`` and ``prepare`` in this process
+    (:class:`LocalExecutor`); the records are written here either way.
     """
     out_dir = Path(out_dir)
     created = not out_dir.exists()
+    executor = executor or LocalExecutor(measure, prepare)
     with folder_lock(out_dir, what="results folder", hint="wait for it or choose another --out"):
         try:
-            return _run_locked(cfg, measure, out_dir=out_dir, progress=progress, retry_failed=retry_failed,
-                               fresh=fresh, prepare=prepare)
+            return _run_locked(cfg, executor, out_dir=out_dir, progress=progress, retry_failed=retry_failed,
+                               fresh=fresh)
         except BaseException:
             if created and not (out_dir / RESULTS_FILE).exists():
                 _discard(out_dir)
@@ -138,8 +168,8 @@ def _discard(out_dir: Path) -> None:
         out_dir.rmdir()
 
 
-def _run_locked(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress: bool, retry_failed: bool,
-                fresh: bool, prepare: PrepareFn | None) -> ResultsDocument:
+def _run_locked(cfg: SweepConfig, executor: Executor, *, out_dir: Path, progress: bool, retry_failed: bool,
+                fresh: bool) -> ResultsDocument:
     from tqdm import tqdm
 
     with environment_errors(f"cannot clean up {out_dir}"):
@@ -152,20 +182,30 @@ def _run_locked(cfg: SweepConfig, measure: MeasureFn, *, out_dir: Path, progress
     points = plan_points(cfg)
     done = doc.finished_ids(include_failed=not retry_failed)
     todo = [p for p in points if p.id not in done]
-    if todo and prepare is not None:
+    if todo:
         with environment_errors("cannot build the dataset and teacher"):
-            prepare(todo)
+            executor.prepare(todo)
     with environment_errors("cannot write the results"), _logger(out_dir) as log:
         if not doc.path.exists():
             doc.save()
         record_prov = {"machine_id": prov["machine_id"], "git": prov["git"], "utc": prov["utc"]}
         with tqdm(total=len(points), initial=len(points) - len(todo), disable=not progress, unit="point",
                   dynamic_ncols=True) as bar:
-            for point in todo:
-                bar.set_description(point.id)
-                record = measure_or_fail(point, measure, log)
-                record["provenance"] = record_prov
+            for record in executor.records(todo, log):
+                record["provenance"] = {**record_prov, **record.get("provenance", {})}
                 doc.provenance = prov  # the document names the latest run that wrote to it
                 doc.add(record)
-                bar.update()
+                if not record.get(LATENCY_PENDING):
+                    bar.set_description(record["id"])
+                    bar.update()
+        _plan_order(doc, points)
     return doc
+
+
+def _plan_order(doc: ResultsDocument, points: list[Point]) -> None:
+    """Records in plan order (an executor may finish them in any), so tables list rows alike."""
+    index = {p.id: i for i, p in enumerate(points)}
+    ordered = sorted(doc.records, key=lambda r: index.get(r["id"], len(index)))
+    if ordered != doc.records:
+        doc.records = ordered
+        doc.save()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from qbench.export import Backend, Precision, check_conformance, export, runner
+from qbench.backends import exported
+from qbench.export import Backend, FloatPrecision, check_conformance, export, runner
 from qbench.measure import set_torch_threads, torch_runner
 from qbench.quant import QuantConfig
 from qbench.quant.config import BIT_WIDTHS
@@ -22,7 +23,7 @@ THREADS = 1
 BATCH = 8
 RUNTIME_CASES = [  # conftest marks and skips per backend
     pytest.param(b, p, id=f"{b.value}-{p.value}")
-    for b in Backend for p in ((Precision.F32, Precision.DEFAULT) if b == Backend.OPENVINO else (Precision.F32,))
+    for b in exported() for p in ((FloatPrecision.F32, FloatPrecision.DEFAULT) if b == Backend("openvino") else (FloatPrecision.F32,))
 ]
 
 
@@ -71,7 +72,7 @@ def test_bench_brevitas_fake_quant(benchmark, model: str, bits: int) -> None:
 @pytest.mark.parametrize("bits", BIT_WIDTHS)
 @pytest.mark.parametrize(("backend", "precision"), RUNTIME_CASES)
 @pytest.mark.parametrize("model", MODELS)
-def test_bench_runtime(benchmark, model: str, backend: Backend, precision: Precision, bits: int,
+def test_bench_runtime(benchmark, model: str, backend: Backend, precision: FloatPrecision, bits: int,
                        tmp_path: Path) -> None:
     _, q, x = _calibrated(bits, model)
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2])
@@ -82,7 +83,7 @@ def test_bench_runtime(benchmark, model: str, backend: Backend, precision: Preci
         assert bits == 8 and model == "cnn" and conformance.cause, f"unexplained failure: {conformance.reason}"
         pytest.skip(f"not timed, failed conformance on this CPU: {conformance.reason}")
     options = dict(conformance.best_options)  # the fastest variant that computes the model
-    if backend == Backend.OPENVINO:
+    if backend == Backend("openvino"):
         options["precision"] = precision
     run = runner(artifact, threads=THREADS, **options)
     _bench(benchmark, run, x, model=model, backend=backend.value, precision=precision.value, bits=bits,

@@ -1,0 +1,143 @@
+"""What runs in the Ray executor's tasks (:mod:`qbench.sweep.ray_executor` submits them).
+
+A stage task trains one model into the shared cache and returns a :class:`StageOutcome`; a group
+task measures the points of a :class:`qbench.sweep.ray_graph.Group` in one Pipeline and yields a
+:class:`PointResult` per point as it finishes, its latency captured for the driver
+(:mod:`qbench.sweep.deferred`). A stage that failed upstream fails the points that need it with its
+reason, as :meth:`Pipeline.once` does in-process. Torch's threads are set here, not left to the
+``OMP_NUM_THREADS`` Ray sets to a task's CPUs, and recorded per record (``provenance.compute``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import QbenchError
+from qbench.files import is_environment_error, os_error_line
+from qbench.records import STATUS_OK
+from qbench.sweep.config import SweepConfig
+from qbench.sweep.deferred import Deferred, capture_latency, detach
+from qbench.sweep.pipeline import Pipeline, StageFailed
+from qbench.sweep.plan import Point
+from qbench.sweep.ray_graph import Group, Stage
+from qbench.sweep.run import measure_or_fail
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What every task builds its Pipeline from."""
+
+    cfg: SweepConfig
+    cache_dir: str  # the driver's cache folder: on a cluster, a path every node shares
+    thread_counts: tuple[int, ...]  # the driver's, ``0`` (all cores) resolved there, as in-process
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOutcome:
+    """A stage task's result: its models are in the cache; ``error`` says why not."""
+
+    stage: str
+    error: str | None
+    traceback: str | None
+    stage_seconds: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class PointResult:
+    """One point's record from a group task, its latency still to be timed (``deferred``)."""
+
+    record: dict[str, Any]
+    deferred: list[Deferred]
+    log: list[tuple[int, str]]  # what the task logged for sweep.log (failures with their tracebacks)
+    stage_seconds: dict[str, float]  # spent on this point's stages in the task
+
+
+class TaskPipeline(Pipeline):
+    """A task's Pipeline: the driver's thread counts, torch's threads set explicitly, no progress bars."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        from qbench.measure import set_torch_threads
+
+        super().__init__(spec.cfg, cache_dir=Path(spec.cache_dir), progress=False)
+        self._thread_counts = list(spec.thread_counts)
+        set_torch_threads(max(self._thread_counts))  # not Ray's OMP_NUM_THREADS; training sets its own
+
+    def thread_counts(self) -> list[int]:
+        return list(self._thread_counts)
+
+
+def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
+    """Where a record's figures were computed, and with which threads."""
+    from qbench.provenance import machine_id
+
+    cfg = spec.cfg
+    return {"executor": "ray", "host": socket.gethostname(), "machine_id": machine_id(),
+            "threads": {"teacher_training": cfg.teacher_train.threads, "student_training": cfg.student_train.threads,
+                        "qat_training": cfg.qat_train.threads, "scoring_and_conformance": max(spec.thread_counts),
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
+
+
+def stage_task(spec: TaskSpec, stage: Stage, *upstream: StageOutcome) -> StageOutcome:
+    """Train (or load) ``stage``'s model into the cache."""
+    name = stage.name(spec.cfg)
+    failed = next((o for o in upstream if o.error is not None), None)
+    if failed is not None:
+        return StageOutcome(name, f"{failed.stage} failed: {failed.error}", None, {})
+    pipe = TaskPipeline(spec)
+    try:
+        if stage.kind == "teacher":
+            pipe.teacher()
+        else:
+            pipe.student(stage.model, stage.distill, stage.seed)
+    except Exception as exc:  # a failed stage is data: every point that needs it is recorded failed with it
+        if is_environment_error(exc):  # a full disk: the sweep stops, as in-process
+            raise QbenchError(f"{name}: {os_error_line(exc)}") from None
+        return StageOutcome(name, f"{type(exc).__name__}: {exc}", traceback.format_exc(), dict(pipe.stage_seconds))
+    return StageOutcome(name, None, None, dict(pipe.stage_seconds))
+
+
+class _Lines(logging.Handler):
+    """What a task logs, kept for the driver's sweep.log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, record.getMessage()))
+
+    def take(self) -> list[tuple[int, str]]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def group_task(spec: TaskSpec, group: Group, *upstream: StageOutcome) -> Iterator[PointResult]:
+    """Measure ``group``'s points in one Pipeline, yielding each record as it finishes."""
+    failed = next((o for o in upstream if o.error is not None), None)
+    pipe = TaskPipeline(spec)
+    lines = _Lines()
+    log = logging.getLogger(f"qbench.sweep.ray.{os.getpid()}")
+    log.handlers[:] = [lines]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    compute = compute_provenance(spec)
+
+    def stage_failed(point: Point) -> dict[str, Any]:
+        raise StageFailed(f"{failed.stage} failed: {failed.error}")
+
+    for point in group.points:
+        before = dict(pipe.stage_seconds)
+        with capture_latency(pipe) as calls:
+            record = measure_or_fail(point, pipe.measure if failed is None else stage_failed, log)
+        deferred = detach(record, calls) if record["status"] == STATUS_OK else []
+        record["provenance"] = {"compute": compute}
+        spent = {k: v - before.get(k, 0.0) for k, v in pipe.stage_seconds.items() if v != before.get(k, 0.0)}
+        yield PointResult(record, deferred, lines.take(), spent)
