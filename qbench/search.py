@@ -339,6 +339,7 @@ def search_student(pipe, scfg: SearchConfig, model: str, *, log: Callable[[str],
     confirmed += [_confirm(pipe, scfg, model, mode, scfg.uniform(w), layers, log) for w in scfg.widths]
     return {
         "distill": mode.value, "fp32_val_error": fp32_val, "val_clips": len(ds.val.x),
+        "teacher_test_error": _teacher_error(pipe),
         "classes": [] if ds.multilabel else list(ds.classes),
         "layers": [dataclasses.asdict(l) for l in layers],
         "sensitivity": {n: {str(w): v for w, v in d.items()} for n, d in sensitivity.items()},
@@ -347,6 +348,18 @@ def search_student(pipe, scfg: SearchConfig, model: str, *, log: Callable[[str],
         "fisher_spearman": spearman([a for a, _ in pairs], [b for _, b in pairs]),
         "path": path, "frontier_steps": front, "uniform": uniform, "confirmed": confirmed,
     }
+
+
+def _teacher_error(pipe) -> float | None:
+    """The teacher's test error, as the sweep's teacher point scores it (None when distillation is off)."""
+    from qbench.backends import REFERENCE
+    from qbench.distill import DistillMode
+    from qbench.sweep.plan import Point
+
+    if not pipe.cfg.qat_distill or pipe.cfg.qat_distill[0] is DistillMode.NONE:
+        return None
+    point = Point("teacher", pipe.cfg.teacher, "fp32", DistillMode.NONE, REFERENCE)
+    return pipe.once(("teacher-score",), lambda: pipe.measure(point)["metrics"]["error"])
 
 
 def latency_backend(scfg: SearchConfig, model: str, pipe) -> str:

@@ -170,7 +170,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
 def plot_frontier(path: Path, model: str, s: dict[str, Any], scfg) -> Path:
     """Cost against error: the greedy path (PTQ, validation) as a line with its frontier, uniform
     widths by PTQ (hollow) and QAT (filled) and confirmed mixed configurations (QAT, test) with
-    their intervals, the fp32 student and the chance line."""
+    their intervals, the fp32 student with the error budget above it, the teacher and the chance line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,6 +207,8 @@ def plot_frontier(path: Path, model: str, s: dict[str, Any], scfg) -> Path:
                default=None)
     if fp32 is not None:
         ax.axhline(100 * fp32, color="k", lw=1, ls="--", label="fp32 student (test)")
+    if s.get("teacher_test_error") is not None:
+        ax.axhline(100 * s["teacher_test_error"], color="C4", lw=1, ls="-.", label="teacher (test)")
         ax.axhspan(100 * fp32, 100 * fp32 + scfg.max_error_increase, color="k", alpha=0.06, label="error budget")
     n_classes = len(s.get("classes", [])) or None
     if n_classes:

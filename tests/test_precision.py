@@ -77,3 +77,35 @@ def test_mixed_points_in_the_plan() -> None:
     assert [p.precision for p in quantized] == ["w8a8", "w8a8", Precision.parse("w8a8:fc=w4").name,
                                                 Precision.parse("w8a8:fc=w4").name]
     assert quantized[-1].fields()["bits"] == "w8a8:fc=w4" and "bits" not in quantized[0].fields()
+
+
+@pytest.mark.requires_onnxruntime
+def test_mixed_lstm_student_runs_on_the_engine_and_exports() -> None:
+    """Per-layer widths reach every consumer: the engine extracts a 4-bit head beside 8-bit LSTM
+    weights and reproduces Brevitas' hidden codes; the ONNX export packs the head and conforms."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    import kernels
+    import models
+    from qbench.engine import StudentEngine
+    from qbench.export import check_conformance, export
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 48, 20)
+    m = models.build_student("lstm", n_mels=20, n_frames=48, n_classes=5, hidden=16)
+    m.train()
+    m(x)
+    q = quantize(m.eval(), QuantConfig().with_precision(Precision.parse("w8a8:fc=w4")))
+    calibrate(q, x, batches=2, batch_size=8)
+    assert _weight_widths(q)["fc"] == 4
+    engine = StudentEngine(q)
+    codes = kernels.agreement(engine.model, q.lstm, engine.features(x.numpy()), head=q.fc)
+    assert codes["hidden_code_agreement"] == 1.0
+    assert np.mean(engine(x.numpy()).argmax(1) == q(x).detach().numpy().argmax(1)) == 1.0
+    with tempfile.TemporaryDirectory() as d:
+        artifact = export(q, "onnxruntime", out_dir=Path(d), example=x[:2].numpy(), lstm_graph="fakequant_unrolled")
+        assert artifact.weight_container in ("int4+int8", "int8")  # int8 only when packing would not shrink it
+        assert check_conformance(artifact, q, x.numpy()).ok
