@@ -334,16 +334,6 @@ def _tag(backend: str | None) -> str:
         return "?"
 
 
-def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other beats on both x and error (lower is better), in x order."""
-    out, best = [], math.inf
-    for x, e in sorted(points):
-        if e < best:
-            out.append((x, e))
-            best = e
-    return out
-
-
 def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, title: str, *,
           tag_backends: bool = False, noisy_of=None) -> None:
     """Error against a cost: colour = student, marker = weight bits, filled = fp32/QAT, hollow = PTQ,
@@ -393,7 +383,9 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
             ax.annotate(tag, (x, 100 * err), fontsize=6, xytext=(3, dy), textcoords="offset points")
         seen.add(label)
     for model, pts in by_model.items():
-        front = _frontier(pts)
+        from qbench.stats import pareto_front
+
+        front = [pts[i] for i in pareto_front(pts)]
         if len(front) > 1:
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colours[model], alpha=0.5,
                     linewidth=1)

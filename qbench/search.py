@@ -40,6 +40,7 @@ from torch import nn
 from qbench.config import Config, check_range
 from qbench.errors import ConfigError
 from qbench.quant.precision import LayerBits, Precision
+from qbench.stats import pareto_front
 
 SEARCH_SCHEMA_VERSION = 1
 DOCUMENT_KIND = "qbench-search"
@@ -221,17 +222,6 @@ def greedy_path(layers: list[Layer], sensitivity: dict[str, dict[int, float]], w
             return path
         _, _, _, state = min(moves, key=lambda m: m[:3])
         path.append(dict(state))
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both cost and error (lower is better)."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def spread(indices: list[int], k: int) -> list[int]:

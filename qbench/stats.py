@@ -78,3 +78,14 @@ def mean_and_spread(values: list[float]) -> dict[str, float]:
         return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
             "min": float(arr.min()), "max": float(arr.max()), "n": int(len(arr))}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, error) points no other beats on both (lower is better), cheapest first."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front

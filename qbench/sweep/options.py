@@ -177,17 +177,12 @@ def validate_names(cfg: SweepConfig) -> None:
 
 def _check_mixed(cfg: SweepConfig) -> None:
     """Every ``--mixed`` override names a layer of every student: a typo is one line before any work."""
-    import fnmatch
-
-    import models
+    from qbench.sweep.plan import nominal_student
 
     for precision in (p for p in cfg.precisions() if p.mixed):
         for model in cfg.models:
-            options = {} if models.is_user_student(model) else cfg.model_options
-            net = models.build_student(model, n_mels=cfg.data.features.n_mels, n_frames=cfg.data.n_frames,
-                                       n_classes=10, **options)
-            names = [n for n, _ in net.named_modules() if n]
+            names = [n for n, _ in nominal_student(cfg, model).named_modules() if n]
             for o in precision.layers:
-                if not any(n == o.layer or fnmatch.fnmatchcase(n, o.layer) for n in names):
+                if not any(o.matches(n) for n in names):
                     raise ConfigError(f"--mixed {precision}: {o.layer!r} names no layer of {model} "
                                       f"(its layers: {', '.join(n for n in names if '.' not in n)}, ...)")

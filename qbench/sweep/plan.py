@@ -68,22 +68,27 @@ def lstm_graphs(caps: frozenset[str], backend: Backend) -> list[str | None]:
     return list(backend.spec.lstm_graphs) if LSTM_STUDENT in caps and backend.spec.lstm_graphs else [None]
 
 
-def student_capabilities(cfg: SweepConfig, model: str) -> frozenset[str]:
-    """What ``model`` can do (:mod:`qbench.capabilities`), from an untrained build at the data's
-    shape (the class count, unknown before user data is read, changes no capability)."""
+def nominal_student(cfg: SweepConfig, model: str):
+    """An untrained build of ``model`` at the data's shape with the sweep's options (10 classes: the
+    count, unknown before user data is read, changes no layer name and no capability)."""
     import models
 
     options = {} if models.is_user_student(model) else cfg.model_options
-    return _capabilities(model, cfg.data.features.n_mels, cfg.data.n_frames, tuple(sorted(options.items())))
+    return models.build_student(model, n_mels=cfg.data.features.n_mels, n_frames=cfg.data.n_frames,
+                                n_classes=10, **options)
+
+
+def student_capabilities(cfg: SweepConfig, model: str) -> frozenset[str]:
+    """What ``model`` can do (:mod:`qbench.capabilities`), from its :func:`nominal_student`."""
+    return _capabilities(cfg, model)
 
 
 @functools.lru_cache(maxsize=64)
-def _capabilities(model: str, n_mels: int, n_frames: int, options: tuple) -> frozenset[str]:
-    import models
+def _capabilities(cfg: SweepConfig, model: str) -> frozenset[str]:
     from qbench.capabilities import capabilities
 
     try:
-        net = models.build_student(model, n_mels=n_mels, n_frames=n_frames, n_classes=10, **dict(options))
+        net = nominal_student(cfg, model)
     except Exception:  # noqa: BLE001 - a model that cannot be built fails at its own points, with its reason
         return frozenset()
     return capabilities(net)
