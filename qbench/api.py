@@ -59,14 +59,15 @@ def stage_points(cfg: SweepConfig, stage: str) -> list[Point]:
 
 def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None):
     """What every point needs, built before any point: the dataset (passed to ``show``), each
-    student checked against its contract, and the teacher. Raises the one-line error of the first
+    student checked against its contract, and the teacher when some student is distilled. Raises the one-line error of the first
     stage that cannot be built. Returns the dataset."""
     dataset = pipe.dataset()
     if show is not None:
         show(dataset)
     for model in pipe.cfg.models:
         pipe.check_student(model)
-    pipe.teacher()
+    if pipe.cfg.needs_teacher:
+        pipe.teacher()
     return dataset
 
 

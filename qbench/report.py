@@ -96,8 +96,20 @@ def delta_cell(r: dict[str, Any], field: str = "delta_error_vs_fp32", ci_field: 
     return text + ("" if not ci or excludes_zero(ci) else " (no difference)")
 
 
+def multilabel(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether the records score a multi-label task, where "error" is 1 - mAP."""
+    return any("map" in (r.get("metrics") or {}) for r in records)
+
+
+def error_name(records: Sequence[dict[str, Any]]) -> str:
+    """What "error" means in these records' tables and plots."""
+    return "1 − mAP" if multilabel(records) else "error"
+
+
 def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
-    """Error and size per model, precision, method and distillation (PyTorch backend)."""
+    """Error and size per model, precision, method and distillation (PyTorch backend); mAP and EER
+    beside 1 - mAP for a multi-label task."""
+    events = multilabel(records)
     rows = []
     for r in records:
         if r.get("backend") != REFERENCE:
@@ -111,6 +123,8 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
             r["status"] if r["status"] == STATUS_OK else _failed_cell(r),
             _num(r.get("params", float("nan")), ","),
             error_cell(r), _num(metrics.get("n", float("nan")), "d") if "n" in metrics else "–",
+            *([_num(metrics.get("map", float("nan")), ".1f", 100), _num(metrics.get("eer", float("nan")), ".1f", 100)]
+              if events else []),
             "–" if train is None else _num(train, ".1f", 100),
             delta_cell(r) if r.get("method") != "fp32" else delta_cell(r, "delta_error_vs_no_kd", "delta_ci95_vs_no_kd"),
             "–" if not clip else f"{100 * clip['clipped_input']:.2f} / {100 * clip['clipped_hidden']:.2f}",
@@ -118,8 +132,10 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> str:
             _num(r.get("pct_fp32", float("nan")), ".1f"),
             _num(r.get("pct_teacher", float("nan")), ".2f"),
         ])
-    header = ["model", "precision", "method", "distill", "status", "params", "test error % [95 % CI]", "clips",
-              "train error %", "Δ error, pts [paired 95 % CI] (quantized: vs fp32; fp32: vs no KD)",
+    err = error_name(records)
+    header = ["model", "precision", "method", "distill", "status", "params", f"test {err} % [95 % CI]", "clips",
+              *(["mAP %", "EER %"] if events else []), f"train {err} %",
+              f"Δ {err}, pts [paired 95 % CI] (quantized: vs fp32; fp32: vs no KD)",
               "LSTM io clipped % (input / hidden)", "packed KiB", "% of fp32 student", "% of teacher"]
     return _md_table(header, rows)
 
@@ -144,7 +160,8 @@ def seeds_table(records: Sequence[dict[str, Any]]) -> str:
                      f"{100 * err['min']:.1f}-{100 * err['max']:.1f}",
                      "–" if not delta["n"] else f"{100 * delta['mean']:+.1f} ± {100 * delta['std']:.1f} "
                                                 f"({beyond} of {delta['n']} seeds beyond their interval)"])
-    header = ["model", "distill", "seeds", "test error % mean ± sd", "range", "Δ vs no KD, pts mean ± sd"]
+    header = ["model", "distill", "seeds", f"test {error_name(records)} % mean ± sd", "range",
+              "Δ vs no KD, pts mean ± sd"]
     return _md_table(header, rows)
 
 
@@ -187,7 +204,8 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
             cells.append("–" if r is None else (error_cell(r) if r["status"] == STATUS_OK else "failed"))
         body.append([model, precision, *cells, _num(ref.get("packed_bytes", float("nan")), ".1f", 1 / 1024),
                      _num(ref.get("pct_fp32", float("nan")), ".1f"), _num(ref.get("pct_teacher", float("nan")), ".2f")])
-    header = ["model", "precision", *[f"{m} {d} error %" for m, d in columns], "size KiB", "% of fp32 student",
+    err = error_name(records)
+    header = ["model", "precision", *[f"{m} {d} {err} %" for m, d in columns], "size KiB", "% of fp32 student",
               "% of teacher"]
     return _md_table(header, body)
 
@@ -285,7 +303,7 @@ def deployment_table(records: Sequence[dict[str, Any]]) -> str:
             precision = (r.get("runtime_precision") or {}).get("latency_default_precision", "default")
             rows.append(_deployment_row(r, keys, backend=f"{backend} ({precision}, default)",
                                         latency_field="latency_default_precision", baselines=baselines))
-    header = ["model", "precision", "distill", "backend", "status", "file KiB", "test error % [95 % CI]",
+    header = ["model", "precision", "distill", "backend", "status", "file KiB", f"test {error_name(records)} % [95 % CI]",
               "Δ vs fp32, pts [paired 95 % CI]", "top-1 agreement %", "hidden-code agreement %", *[f"{k} ms" for k in keys],
               f"speed-up vs fp32, same runtime ({SPEEDUP_KEY})"]
     return _md_table(header, rows)
@@ -316,7 +334,11 @@ def render_markdown(doc: ResultsDocument) -> str:
         "Errors carry their 95 % interval (Wilson over the clips scored; a clip bootstrap for mAP); "
         "changes carry a paired 95 % interval over the same clips (bootstrap), and a change whose "
         "interval holds 0 is marked *no difference*.", "",
-        "## Summary: test error by method and distillation (PyTorch)", "", summary_table(doc.records), "",
+        *(["Multi-label task: *error* is 1 − mAP (macro over classes) throughout, its interval a clip "
+           "bootstrap; the PyTorch table gives mAP and the equal error rate (EER, mean over classes) beside it.",
+           ""] if multilabel(doc.records) else []),
+        f"## Summary: test {error_name(doc.records)} by method and distillation (PyTorch)", "",
+        summary_table(doc.records), "",
         *(["## fp32 students over training seeds", "", seeds_table(doc.records), ""] if seeds_table(doc.records) else []),
         "## Error and size (PyTorch)", "", accuracy_table(doc.records), "",
         "## Deployment (backends)", "", deployment_table(doc.records), "",
@@ -409,7 +431,7 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
     else:
         ax.text(0.5, 0.5, "no measured points", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test error %")
+    ax.set_ylabel(f"test {error_name(records)} %")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

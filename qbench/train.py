@@ -35,6 +35,42 @@ from qbench.metrics import evaluate
 
 
 @dataclasses.dataclass(frozen=True)
+class SpecAugment(Config):
+    """SpecAugment-style masking of the training inputs (Park et al., Interspeech 2019): per clip,
+    ``time_masks`` spans of 0..``time_width`` frames and ``freq_masks`` spans of 0..``freq_width``
+    mel bands are set to the clip's mean log-mel level, which per-clip normalisation maps to 0.
+    Training only: validation, test and every export see the clips as they are."""
+
+    time_masks: int = 2
+    time_width: int = 10
+    freq_masks: int = 2
+    freq_width: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("time_masks", "time_width", "freq_masks", "freq_width"):
+            check_range("SpecAugment", name, getattr(self, name), 0, 10_000, integer=True)
+
+
+def spec_augment(x: Tensor, config: SpecAugment, rng: np.random.Generator) -> Tensor:
+    """``(B, T, F)`` inputs with :class:`SpecAugment` masks drawn from ``rng`` (a new tensor)."""
+    b, t, f = x.shape
+
+    def spans(count: int, width: int, length: int) -> np.ndarray:
+        hit = np.zeros((b, length), dtype=bool)
+        pos = np.arange(length)
+        for _ in range(count):
+            w = rng.integers(0, min(width, length) + 1, size=b)
+            start = rng.integers(0, length - w + 1)
+            hit |= (pos >= start[:, None]) & (pos < (start + w)[:, None])
+        return hit
+
+    masked = spans(config.time_masks, config.time_width, t)[:, :, None] | \
+        spans(config.freq_masks, config.freq_width, f)[:, None, :]
+    level = x.mean(dim=(1, 2), keepdim=True)
+    return torch.where(torch.from_numpy(masked), level, x)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     """Optimiser and loop settings. ``max_train_batches`` caps batches per epoch (quick runs);
     ``patience`` is how many epochs without a better validation error end training."""
@@ -47,6 +83,8 @@ class TrainConfig(Config):
     seed: int = 0
     max_train_batches: int | None = None
     threads: int = 1  # one intra-op thread per process: two on a shared 2-core host ran 11-17x slower (spin-wait)
+    augment: SpecAugment | None = None  # masking of training inputs (None: the clips as they are)
+    keep_start: bool = False  # the starting weights compete as epoch 0 (fine-tuning never ends worse on val)
 
     def __post_init__(self) -> None:
         check_range("TrainConfig", "epochs", self.epochs, 1, 10_000, integer=True)
@@ -58,6 +96,15 @@ class TrainConfig(Config):
         if self.max_train_batches is not None:
             check_range("TrainConfig", "max_train_batches", self.max_train_batches, 1, 10**9, integer=True)
         check_range("TrainConfig", "threads", self.threads, 1, 1024, integer=True)
+        if self.augment is not None and not isinstance(self.augment, SpecAugment):
+            raise ConfigError(f"TrainConfig.augment must be a SpecAugment or None, got {type(self.augment).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for name, unset in (("augment", None), ("keep_start", False)):
+            if out[name] == unset:
+                del out[name]  # unset: the document (and every cache key) as before the option existed
+        return out
 
 
 @dataclasses.dataclass
@@ -66,7 +113,7 @@ class TrainResult:
 
     model: nn.Module  # best validation checkpoint loaded, in eval mode
     history: list[dict[str, Any]]  # one row per epoch: epoch, train_loss, loss parts, val metrics, seconds
-    best_epoch: int
+    best_epoch: int  # 0: the starting weights were best (``keep_start``)
     best_val: dict[str, float]
     test: dict[str, float]
     seconds: float
@@ -201,12 +248,14 @@ def train(model: nn.Module, dataset: FeatureDataset, *, config: TrainConfig, tea
 
 
 def _train_epoch(step: _Step, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batches: list[np.ndarray],
-                 bar: tqdm, postfix: dict[str, Any]) -> dict[str, float]:
+                 augment: SpecAugment | None, rng: np.random.Generator, bar: tqdm,
+                 postfix: dict[str, Any]) -> dict[str, float]:
     """One pass over ``batches``; returns the mean loss and its parts, prefixed ``train_``."""
     step.model.train()
     sums: dict[str, float] = {}
     for idx in batches:
-        loss, parts = step.loss(x[idx], y[idx], idx)
+        xb = x[idx] if augment is None else spec_augment(x[idx], augment, rng)
+        loss, parts = step.loss(xb, y[idx], idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -224,17 +273,21 @@ def _fit(model: nn.Module, head: nn.Module | None, step: _Step, dataset: Feature
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     rng = np.random.default_rng(config.seed)
+    augment_rng = np.random.default_rng([config.seed, 1])  # its own stream: the batch order stays as without it
     x, y = torch.from_numpy(dataset.train.x), _targets(dataset.train, dataset.multilabel)
     n_batches = len(_batches(len(x), config, np.random.default_rng(0)))
     bar = tqdm(total=config.epochs * n_batches, disable=not progress, desc="train", leave=False)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     state: dict[str, Tensor] = {}
+    if config.keep_start:
+        best = {"epoch": 0, "val": evaluate_model(model, dataset.val, multilabel=dataset.multilabel)}
+        state = copy.deepcopy(model.state_dict())
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         postfix = {"epoch": epoch, "best_val_err": f"{best['val']['error']:.3f}" if best else "-"}
         row: dict[str, Any] = {"epoch": epoch, **_train_epoch(step, optimizer, x, y, _batches(len(x), config, rng),
-                                                              bar, postfix)}
+                                                              config.augment, augment_rng, bar, postfix)}
         schedule.step()
         row["val"] = evaluate_model(model, dataset.val, multilabel=dataset.multilabel)
         row["seconds"] = time.perf_counter() - t0

@@ -279,7 +279,7 @@ def test_failed_points_exit_1_with_count_and_reasons(tmp_path, capsys, fake_stag
     fake_stages.measure = measure
     code, out, err = sweep(capsys, tmp_path)
     assert code == EXIT_FAILED_POINTS
-    assert "1 of 4 points failed" in err and "student:lstm_w4a4/qat/none/torch: RuntimeError" in err
+    assert "1 of 3 points failed" in err and "student:lstm_w4a4/qat/none/torch: RuntimeError" in err
     assert "Traceback" not in err
     failed = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE).get("student:lstm_w4a4/qat/none/torch")
     assert failed["error"] == f"RuntimeError: {long_reason}"  # the record keeps every word
@@ -297,7 +297,7 @@ def test_interrupt_exits_130_and_keeps_finished_points(tmp_path, capsys, fake_st
     code, _, err = sweep(capsys, tmp_path)
     assert code == EXIT_INTERRUPTED
     assert_one_line(err, "qbench sweep: interrupted")
-    assert len(ResultsDocument.load(tmp_path / "out" / RESULTS_FILE).records) == 2  # teacher and fp32
+    assert len(ResultsDocument.load(tmp_path / "out" / RESULTS_FILE).records) == 1  # the fp32 point (no KD: no teacher)
 
 
 @pytest.mark.parametrize("errno_, text", [(errno.ENOSPC, "No space left on device"),
@@ -314,7 +314,7 @@ def test_full_disk_or_read_only_cache_is_one_line_and_corrupts_nothing(errno_, t
     assert code == EXIT_BAD_INPUT
     assert_one_line(err, f"cache/models/x.pt: {text}")
     doc = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE)
-    assert [r["status"] for r in doc.records] == [STATUS_OK, STATUS_OK]  # finished points kept, nothing failed
+    assert [r["status"] for r in doc.records] == [STATUS_OK]  # the finished point kept, nothing failed
 
 
 def test_full_disk_while_writing_the_results_keeps_the_old_file(tmp_path, capsys, fake_stages, monkeypatch):
@@ -334,7 +334,7 @@ def test_full_disk_while_writing_the_results_keeps_the_old_file(tmp_path, capsys
     assert code == EXIT_BAD_INPUT
     assert_one_line(err, "No space left on device")
     doc = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE)  # still whole
-    assert [r["id"] for r in doc.records] == ["teacher:transformer/fp32/none/torch"]
+    assert [r["id"] for r in doc.records] == ["student:lstm/fp32/none/torch"]
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 

@@ -23,8 +23,8 @@ from qbench.sweep.config import SweepConfig
 from qbench.sweep.plan import plan_points
 from qbench.sweep.run import RESULTS_FILE, run_sweep
 
-# Five points (teacher, fp32, PTQ, QAT on PyTorch and on the integer engine): the kill lands after the
-# first is recorded and, with the student's and QAT's training still ahead, before the last.
+# Four points (fp32, PTQ, QAT on PyTorch and on the integer engine; no KD, so no teacher): the kill lands
+# after the first is recorded and, with QAT's training still ahead, before the last.
 ARGS = ["--quick", "--models", "lstm", "--backends", "torch,engine", "--bits", "4", "--distill", "none",
         "--scale-type", "po2", "--no-latency", "--threads", "1", "--no-progress"]
 POLL_S = 0.02  # how often the killer looks at the results file

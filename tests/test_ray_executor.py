@@ -88,7 +88,7 @@ def test_each_student_trains_in_one_task_after_what_it_learns_from():
     assert all(s.needs_teacher == (s.kind == "student" and s.distill is not DistillMode.NONE) for s in stages)
     assert sorted(p.id for g in groups for p in g.points) == sorted(p.id for p in todo)  # each point once
     for g in groups:
-        assert TEACHER in g.needs  # every point states its size against the teacher
+        assert (TEACHER in g.needs) == (g.key == ("teacher",) or g.key[2] != "none")  # only what it learnt from
         assert len({(p.model, p.distill, p.bits) for p in g.points}) == 1  # one trained model per group
         if g.key[0] == "quant":  # PTQ and QAT of one student, on every backend, in one task
             assert {p.method for p in g.points} == {"ptq", "qat"}
@@ -100,6 +100,10 @@ def test_each_student_trains_in_one_task_after_what_it_learns_from():
     stages, groups = task_graph(cfg, left)
     assert {s.name(cfg) for s in stages} == {"teacher", "student/dscnn/tkd/0"}
     assert all(g.key[0] == "quant" for g in groups)
+    # an undistilled grid has no teacher stage at all
+    plain = SweepConfig(distill=("none",), qat_distill=("none",))
+    stages, groups = task_graph(plain, plan_points(plain))
+    assert TEACHER not in stages and all(TEACHER not in g.needs for g in groups)
 
 
 def _run(x: np.ndarray) -> np.ndarray:

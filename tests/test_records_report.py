@@ -109,6 +109,19 @@ def test_summary_pivots_error_by_method_and_distillation():
     assert row.split(" | ")[2:6] == ["50.0", "40.0", "30.0", "failed"]  # the onnxruntime record is not PyTorch
 
 
+def test_a_multilabel_task_names_its_error_one_minus_map_with_map_and_eer_beside() -> None:
+    from qbench.report import accuracy_table
+
+    rec = {**_record("a", bits=4, error=0.25), "method": "qat", "distill": "kd"}
+    events = {**rec, "metrics": {**rec["metrics"], "map": 0.75, "eer": 0.125}}
+    header, _, row = accuracy_table([events]).splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert cells["mAP %"] == "75.0" and cells["EER %"] == "12.5" and cells["test 1 − mAP % [95 % CI]"].startswith("25.0")
+    assert "qat kd 1 − mAP %" in summary_table([events]).splitlines()[0]
+    plain = accuracy_table([rec]).splitlines()[0]
+    assert "test error % [95 % CI]" in plain and "mAP" not in plain
+
+
 def test_top1_cell_names_exact_ties_of_the_engine() -> None:
     from qbench.report import _top1
 

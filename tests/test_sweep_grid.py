@@ -71,7 +71,14 @@ def test_seeds_add_fp32_points_per_seed_and_quantize_the_first() -> None:
 
 def test_per_student_epochs_and_the_teachers_own_data() -> None:
     cfg = SweepConfig()
-    assert cfg.student_train_for("lstm").epochs > cfg.student_train_for("dscnn").epochs == cfg.student_train.epochs
+    assert cfg.student_train_for("lstm").epochs > cfg.student_train_for("dscnn").epochs > cfg.student_train.epochs
+    assert cfg.student_train_for("crnn") == cfg.student_train  # no override: the shared budget
+    # SpecAugment for the DS-CNN only (it overfits without; the LSTM does worse with it)
+    assert cfg.student_train_for("dscnn").augment is not None and cfg.student_train_for("lstm").augment is None
+    assert _config("--augment", "none").student_train_for("dscnn").augment is None
+    assert _config("--models", "lstm,crnn", "--augment", "crnn").student_train_for("crnn").augment is not None
+    with pytest.raises(ConfigError, match="--augment gru: not among the students"):
+        _config("--augment", "gru")
     assert cfg.teacher_data.clips_per_class > cfg.data.clips_per_class
     assert cfg.teacher_data.seed == cfg.data.seed and cfg.teacher_data.snr_db == cfg.data.snr_db
     assert SweepConfig.from_dict(cfg.to_dict()) == cfg
@@ -81,3 +88,19 @@ def test_clip_norm_option_reaches_every_model_and_keeps_default_keys() -> None:
     causal = _config("--clip-norm", "causal")
     assert causal.model_options == {"clip_norm": "causal"}
     assert _config().model_options == {}  # the default adds nothing to cache keys
+
+
+def test_an_undistilled_grid_trains_no_teacher_and_its_students_ignore_kd_settings(tmp_path) -> None:
+    from qbench.distill import DistillConfig, DistillMode
+    from qbench.sweep.pipeline import Pipeline
+
+    plain = SweepConfig(distill=("none",), qat_distill=("none",))
+    assert not plain.needs_teacher and all(p.role == "student" for p in plan_points(plain))
+    assert SweepConfig().needs_teacher and plan_points(SweepConfig())[0].role == "teacher"
+    # the undistilled student's cache key holds no KD setting (changing --kd-temperature keeps it);
+    # a distilled one's does
+    cfg = SweepConfig(distill=("none", "kd"), qat_distill=("kd",))
+    hot = cfg.replace(distill_params=DistillConfig(temperature=8.0))
+    a, b = Pipeline(cfg, cache_dir=tmp_path, progress=False), Pipeline(hot, cache_dir=tmp_path, progress=False)
+    assert a._distill_key(DistillMode.NONE) == b._distill_key(DistillMode.NONE) == DistillConfig().to_dict()
+    assert a._distill_key(DistillMode.KD) != b._distill_key(DistillMode.KD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -130,6 +131,49 @@ def test_train_config_validates_and_round_trips() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="TrainConfig.lr"):
         TrainConfig(lr=-1.0)
+
+
+def test_spec_augment_masks_spans_with_the_clip_level_and_keeps_old_keys() -> None:
+    from qbench.train import SpecAugment, spec_augment
+
+    x = torch.randn(64, 100, 40) + torch.linspace(-20, 0, 64).view(-1, 1, 1)  # clips at different levels
+    aug = SpecAugment(time_masks=2, time_width=10, freq_masks=2, freq_width=4)
+    out = spec_augment(x, aug, np.random.default_rng(0))
+    changed = out != x
+    level = x.mean(dim=(1, 2), keepdim=True).expand_as(x)
+    assert torch.equal(out[changed], level[changed])  # masked cells hold their own clip's level
+    # whole frames and whole bands: a masked cell's frame or band is masked throughout
+    frames, bands = changed.all(dim=2), changed.all(dim=1)
+    assert torch.equal(changed, frames[:, :, None] | bands[:, None, :])
+    assert (frames.sum(1) <= 2 * 10).all() and (bands.sum(1) <= 2 * 4).all() and frames.any() and bands.any()
+    assert torch.equal(spec_augment(x, SpecAugment(0, 10, 0, 4), np.random.default_rng(0)), x)
+    # None: no masking, and the config document (every cache key) as before the option existed
+    assert "augment" not in TrainConfig().to_dict() and "augment" in TrainConfig(augment=aug).to_dict()
+    assert TrainConfig.from_json(TrainConfig(augment=aug).to_json()) == TrainConfig(augment=aug)
+    with pytest.raises(ConfigError, match="SpecAugment.time_width"):
+        SpecAugment(time_width=-1)
+
+
+def test_augmented_training_learns_and_is_deterministic() -> None:
+    from qbench.train import SpecAugment
+
+    cfg = QUICK.replace(epochs=6, lr=1e-2, patience=6,
+                        augment=SpecAugment(time_masks=1, time_width=4, freq_masks=1, freq_width=2))
+    a = train(_student(), toy_dataset(), config=cfg, progress=False)
+    b = train(_student(), toy_dataset(), config=cfg, progress=False)
+    assert a.test["error"] < 2 / 3
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_keep_start_returns_the_starting_weights_when_no_epoch_beats_them() -> None:
+    trained = train(_student(), toy_dataset(), config=QUICK.replace(epochs=6, lr=1e-2, patience=6), progress=False)
+    start = copy.deepcopy(trained.model.state_dict())
+    # a fine-tune at a rate that can only wreck it: the start is kept, and says so
+    wrecked = QUICK.replace(epochs=2, lr=5.0, patience=2, keep_start=True)
+    result = train(trained.model, toy_dataset(), config=wrecked, progress=False)
+    assert result.best_epoch == 0 and len(result.history) == 2
+    assert all(torch.equal(start[k], v) for k, v in result.model.state_dict().items())
+    assert "keep_start" not in TrainConfig().to_dict() and TrainConfig(keep_start=True).to_dict()["keep_start"]
 
 
 def test_teacher_cache_trains_once_then_loads(tmp_path, monkeypatch) -> None:

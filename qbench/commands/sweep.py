@@ -58,6 +58,8 @@ def add_model_arguments(g) -> None:
     g.add_argument("--tkd-lambda", type=float, help="weight of the temporal attention KL (default 1)")
     g.add_argument("--epochs", type=int, help="fp32 student epochs (default 15; lstm 60)")
     g.add_argument("--teacher-epochs", type=int, help="teacher epochs (default 40)")
+    g.add_argument("--augment", help="students trained with SpecAugment masking (2 time spans of up to 10 frames, "
+                   "2 mel spans of up to 4 bands a clip), comma-separated, or 'none' (default: dscnn)")
     g.add_argument("--clip-norm", choices=("clip", "causal", "none"),
                    help="per-clip level normalisation of every model: clip mean (default), causal running mean "
                         "(streaming), or none")
@@ -173,9 +175,9 @@ def _first_line(reason: str | None) -> str:
 
 
 def _shared_stages(pipeline):
-    """``prepare`` for run_sweep: the dataset and the teacher, which every point needs (each
-    student states its size against the teacher's), so when either cannot be built the sweep
-    stops with that one reason instead of recording every point as failed with it."""
+    """``prepare`` for run_sweep: the dataset and (for a distilled grid) the teacher, which every
+    point needs, so when either cannot be built the sweep stops with that one reason instead of
+    recording every point as failed with it."""
     from qbench.api import prepare as prepare_stages
 
     def prepare(todo) -> None:

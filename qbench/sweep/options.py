@@ -112,6 +112,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         if args.seed is not None:
             raise ConfigError("--seeds lists every training seed; drop --seed")
         fields["seed"], fields["seeds"] = seeds[0], seeds[1:]
+    if getattr(args, "augment", None) is not None:
+        fields["augment"] = augment_option(args.augment, fields.get("models", SweepConfig.models))
     if getattr(args, "clip_norm", None) is not None:
         fields["clip_norm"] = args.clip_norm
     if args.no_ptq:
@@ -137,6 +139,15 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         base = base.replace(distill_params=base.distill_params.replace(**distill))
     base = quick_preset(base) if args.quick else base
     return epochs_options(base, getattr(args, "epochs", None), getattr(args, "teacher_epochs", None))
+
+
+def augment_option(text: str, models: tuple[str, ...]) -> tuple[str, ...]:
+    """``--augment dscnn,crnn`` or ``--augment none``: the students trained with SpecAugment."""
+    names = () if text.strip() == "none" else _csv(text)
+    strays = [n for n in names if n not in models]
+    if strays:
+        raise ConfigError(f"--augment {','.join(strays)}: not among the students ({','.join(models)})")
+    return names
 
 
 def epochs_options(cfg: SweepConfig, epochs: int | None, teacher_epochs: int | None) -> SweepConfig:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qbench.distill import DistillMode
+from qbench.distill import DistillConfig, DistillMode
 from qbench.errors import QbenchError
 from qbench.data.config import default_cache_dir
 from qbench.model_cache import cache_key, load_or_fit
@@ -114,12 +114,23 @@ class Pipeline:
             self.cfg.teacher, self.teacher_dataset(), config=self.cfg.teacher_train.replace(seed=self.cfg.seed),
             cache_dir=self.cache_dir, progress=self.progress, options=self.cfg.model_options))
 
+    def teacher_bytes(self) -> int:
+        """The teacher's fp32 size, which every point states its own against: from the architecture
+        alone, so an undistilled grid needs no trained teacher for it."""
+        import models
+        from qbench.quant.size import fp32_size
+
+        ds = self.dataset()
+        return self.once(("teacher-bytes",), lambda: fp32_size(models.build_teacher(
+            self.cfg.teacher, n_mels=ds.n_mels, n_frames=ds.n_frames, n_classes=ds.n_classes,
+            **self.cfg.model_options)))
+
     def _student_description(self, model: str, mode: DistillMode, seed: int | None = None) -> dict[str, Any]:
         import models
 
         desc = {"stage": "student", "model": model, **models.student_fingerprint(model),
                 "data": self.dataset().config.key(),
-                "train": self.cfg.student_train_for(model).to_dict(), "distill": self.cfg.distill_config(mode).to_dict(),
+                "train": self.cfg.student_train_for(model).to_dict(), "distill": self._distill_key(mode),
                 "seed": self.cfg.seed if seed is None else seed, **self.cfg.model_options}
         if mode is not DistillMode.NONE:
             desc["teacher"] = {"name": self.cfg.teacher, "train": self.cfg.teacher_train.to_dict()}
@@ -129,6 +140,13 @@ class Pipeline:
         if checkpoint is not None:
             desc["checkpoint"] = file_digest(checkpoint)
         return desc
+
+    def _distill_key(self, mode: DistillMode) -> dict[str, Any]:
+        """The distillation settings that shape a student of ``mode``: an undistilled student uses none
+        of them, so it keys on the defaults (changing ``--kd-temperature`` does not retrain it)."""
+        if mode is DistillMode.NONE:
+            return DistillConfig(mode=mode).to_dict()
+        return self.cfg.distill_config(mode).to_dict()
 
     def checkpoint(self, model: str) -> Path | None:
         """The state-dict file ``model`` starts from instead of training (``SweepConfig.checkpoints``)."""

@@ -113,9 +113,7 @@ def _torch_factory(model) -> RunnerFactory:
 
 
 def _teacher_bytes(pipe) -> int:
-    from qbench.quant.size import fp32_size
-
-    return fp32_size(pipe.teacher())
+    return pipe.teacher_bytes()
 
 
 def fp32_reference(pipe, point: Point, mode: DistillMode | None = None) -> tuple[Any, np.ndarray, dict[str, float]]:

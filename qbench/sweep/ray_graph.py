@@ -68,12 +68,13 @@ def group_key(point: Point) -> tuple:
 
 
 def _needs(cfg: SweepConfig, point: Point) -> tuple[Stage, ...]:
-    """The trained models ``point``'s group loads. The teacher is every group's: each point states its
-    size against it; a distilled fp32 point compares with the undistilled student of its seed."""
+    """The trained models ``point``'s group loads: its student (and the teacher that distilled it); a
+    distilled fp32 point compares with the undistilled student of its seed."""
     if point.role == "teacher":
         return (TEACHER,)
     seed = point.seed if point.method == "fp32" and point.seed != cfg.seed else None  # one key per student
-    needs = [TEACHER, Stage("student", point.model, point.distill, seed)]
+    student = Stage("student", point.model, point.distill, seed)
+    needs = [TEACHER, student] if student.needs_teacher else [student]
     if point.method == "fp32" and point.distill is not DistillMode.NONE and DistillMode.NONE in cfg.distill:
         needs.append(Stage("student", point.model, DistillMode.NONE, seed))
     return tuple(needs)
@@ -88,5 +89,6 @@ def task_graph(cfg: SweepConfig, todo: list[Point]) -> tuple[list[Stage], list[G
         points.setdefault(key, []).append(point)
         needs.setdefault(key, _needs(cfg, point))
     groups = [Group(key, tuple(pts), needs[key]) for key, pts in points.items()]
-    stages = list(dict.fromkeys([TEACHER, *(s for g in groups for s in g.needs)]))
+    needed = [s for g in groups for s in g.needs]
+    stages = list(dict.fromkeys([TEACHER, *needed] if TEACHER in needed else needed))
     return stages, groups
