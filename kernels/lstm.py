@@ -11,9 +11,13 @@ One time step, per batch row, in the order and rounding of Brevitas' ``_QuantLST
    lanes), lossless under that bound, or, for signed io codes of at most 8 bits on AVX-512
    VNNI, with :func:`kernels.simd.gate_dot_u8` on ``z + 128`` as uint8 (``vpdpbusd``), the
    offset's ``128 * sum_k W[r, k]`` folded into the bias (:attr:`LayerArrays.kernel_bias`).
+   The Numba kernel computes ``W[:, :F] x_t`` for a chunk of steps ahead (one product over
+   steps x B rows) and adds ``W[:, F:] h_{t-1}`` per step: int32 sums are exact in any order.
 2. ``gate[r] = clamp(rq(acc[r], io*w[r]/gate_acc))``: ``rq`` rounds half to even; its
    multiplier fits int32 (:mod:`kernels.fixedpoint`), so ``acc * mult`` is one 32 x 32 -> 64
-   bit product per lane.
+   bit product per lane. The Numba kernel computes it in float64 where that is exact
+   (:func:`_gate_bounds`: the accumulator clamped to where the code saturates, times the
+   multiplier, stays an integer below 2**53), else in int64.
 3. ``i, f, o = sigmoid_lut[gate]``, ``g = tanh_lut[gate]`` (the model's own quantizers).
 4. ``fc = clamp_c(rq(f*c, s_f))``; ``ic = clamp_c(rq(i*g, s_i*s_g/s_c))``;
    ``c = clamp_c(fc + ic)``; ``h = clamp_io(rq(o * tanh_lut_c[c], s_o*s_t/s_io))``
@@ -32,10 +36,13 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from kernels.fixedpoint import requant_params, rshift_round_half_even
 from kernels.model import IntLSTMLayer, QuantSpec
-from kernels.simd import QUAD_OFFSET, block_weights, block_weights_u8, compiled_u8_product, gate_dot, gate_dot_u8
+from kernels.simd import (QUAD_OFFSET, block_weights, block_weights_u8, compiled_u8_product, gate_dot, gate_dot_add,
+                          gate_dot_u8, gate_dot_u8_add)
 from qbench.errors import QbenchError
 
 __all__ = ["AccumulatorOverflow", "LayerArrays", "is_po2", "kernel_args", "layer_arrays", "lstm_layer_numba",
@@ -52,11 +59,14 @@ class LayerArrays(NamedTuple):
     """A layer flattened into the arrays the kernels take (built once at load)."""
 
     weight: np.ndarray  # (4H, K) int8 codes, K = F + H (the NumPy reference reads these)
-    blocks: np.ndarray  # the same codes in kernels.simd's blocked layout: pairs, or quads for gate_dot_u8
+    blocks: np.ndarray  # W[:, F:] (recurrent) in kernels.simd's blocked layout: pairs, or quads for gate_dot_u8
+    input_blocks: np.ndarray  # W[:, :F] (input) in the same layout
     bias: np.ndarray  # (4H,) int32 codes
     kernel_bias: np.ndarray  # (4H,) int32: bias, minus QUAD_OFFSET * row sums of W with quad blocks
     gate_mult: np.ndarray  # (4H,) int32 requant multiplier acc -> gate code
     gate_shift: np.ndarray  # (4H,) int32
+    gate_real: np.ndarray  # (4H,) float64: gate_mult * 2**-gate_shift, exactly
+    gate_bounds: np.ndarray  # (2, 4H) int32: acc range outside which the gate code saturates (see _gate_bounds)
     gate_luts: np.ndarray  # (4, n_gate_codes) int32: gate code - gate_min -> activation code
     tanh_lut: np.ndarray  # (n_cell_codes,) int32: cell code - cell_min -> tanh code
     params: np.ndarray  # (13,) int64: see _PARAM_NAMES
@@ -64,7 +74,9 @@ class LayerArrays(NamedTuple):
 
 
 _PARAM_NAMES = ("gate_min", "gate_max", "cell_min", "cell_max", "io_min", "io_max",
-                "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell")
+                "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "float64_gates")
+
+FLOAT64_EXACT = 2**53  # integers below this (and their products by powers of two) are exact in float64
 
 
 def _f64(spec: QuantSpec) -> np.ndarray:
@@ -101,6 +113,26 @@ def _u8_inputs(layer: IntLSTMLayer, io: QuantSpec) -> bool:
     return int(np.abs(w).sum(axis=1).max()) * 255 <= INT32_MAX and int(np.abs(folded).max()) <= INT32_MAX
 
 
+def _gate_bounds(mult: np.ndarray, shift: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, bool]:
+    """(2, R) int32 accumulator bounds per row and whether the float64 gate requantization is exact.
+
+    ``code(a) = clamp(round_half_even(a * mult / 2**shift), lo, hi)`` is monotone in ``a`` and
+    saturates at ``lo`` for ``a <= floor((lo - 1) 2**shift / mult)`` and at ``hi`` for
+    ``a >= ceil((hi + 1) 2**shift / mult)``, so clamping ``a`` to those bounds first changes no
+    code. Within them, ``a * mult`` is an integer below 2**53 (checked here; else the kernel
+    takes the int64 way), so ``float64(a) * (mult * 2**-shift)`` is exact and ``np.rint`` rounds
+    it half to even exactly as the integer shift does.
+    """
+    bounds = np.empty((2, mult.size), dtype=np.int64)
+    exact = True
+    for r, (m, s) in enumerate(zip(mult.tolist(), shift.tolist())):
+        a_lo = max(((lo - 1) << s) // m, -INT32_MAX - 1)  # Python ints: exact at any shift
+        a_hi = min(-((-(hi + 1) << s) // m), INT32_MAX)
+        bounds[:, r] = a_lo, a_hi
+        exact = exact and max(abs(a_lo), abs(a_hi)) * m < FLOAT64_EXACT
+    return bounds.astype(np.int32), exact
+
+
 def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32_cell: bool | None = None,
                  u8_inputs: bool | None = None) -> LayerArrays:
     """Requantization multipliers and clamps of ``layer`` for the kernels.
@@ -135,14 +167,23 @@ def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32
     ic = requant_params(s_i * s_g / _f64(cell))
     hq = requant_params(s_o * _f64(layer.hidden_tanh_quant) / _f64(io))
     acc = layer.gate_acc_quant[0]
-    params = [acc.qmin, acc.qmax, cell.qmin, cell.qmax, io.qmin, io.qmax, *fc, *ic, *hq, float32_cell]
+    gate_mult = _int32(gate_mult, "gate requantization multipliers (a scale ratio above 2**30?)")
+    gate_bounds, float64_gates = _gate_bounds(gate_mult, gate_shift, acc.qmin, acc.qmax)
+    params = [acc.qmin, acc.qmax, cell.qmin, cell.qmax, io.qmin, io.qmax, *fc, *ic, *hq, float32_cell, float64_gates]
+    # pair blocks are widened to int16 once here: the product then loads them straight into
+    # pmaddwd instead of sign-extending every load (AVX2: one shuffle-port uop per 16 weights)
+    block = block_weights_u8 if u8_inputs else (lambda w: block_weights(w).astype(np.int16))
+    f = layer.input_size
     return LayerArrays(
         weight=np.ascontiguousarray(layer.weight, dtype=np.int8),
-        blocks=block_weights_u8(layer.weight) if u8_inputs else block_weights(layer.weight),
+        blocks=block(layer.weight[:, f:]),
+        input_blocks=block(layer.weight[:, :f]),
         bias=layer.bias.astype(np.int32),  # |bias| is within the accumulator bound checked above
         kernel_bias=_int32(kernel_bias, "offset-folded biases"),
-        gate_mult=_int32(gate_mult, "gate requantization multipliers (a scale ratio above 2**30?)"),
+        gate_mult=gate_mult,
         gate_shift=gate_shift.astype(np.int32),
+        gate_real=np.ldexp(gate_mult.astype(np.float64), -gate_shift.astype(np.int64)),
+        gate_bounds=gate_bounds,
         gate_luts=layer.gate_luts.astype(np.int32),
         tanh_lut=layer.cell_tanh_lut.astype(np.int32),
         params=np.array([int(p) for p in params], dtype=np.int64),
@@ -252,6 +293,20 @@ def _gate_indices(acc, bias, gate_mult, gate_shift, gate_off, g_lo, g_hi, idx):
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
+def _gate_indices_f64(acc, bias, gate_real, gate_bounds, gate_off, g_lo, g_hi, idx):
+    """:func:`_gate_indices` in float64, exact when :func:`_gate_bounds` says so: the
+    accumulator clamped to the row's saturation bounds, times the row's real multiplier (an
+    exact product), rounded half to even by ``np.rint``. Float64 lanes need no 64-bit integer
+    multiplies, shifts or compares (AVX2 has no 64-bit arithmetic shift or min/max)."""
+    lo, hi = np.int32(g_lo), np.int32(g_hi)
+    for b in range(idx.shape[0]):
+        for r in range(idx.shape[1]):
+            a = _clamp(np.int32(acc[b, r] + bias[r]), gate_bounds[0, r], gate_bounds[1, r])
+            v = np.int32(np.rint(np.float64(a) * gate_real[r]))
+            idx[b, r] = _clamp(v, lo, hi) + gate_off[r]
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
 def _lookup(lut, idx, out):
     """out[b, j] = lut[idx[b, j]] over a whole (B, n) array (a gather; unsigned: no wraparound check)."""
     for b in range(idx.shape[0]):
@@ -314,20 +369,91 @@ def _hidden_float32_nb(act, tanh_c, params, fscales, h):
             h[b, j] = _quant_f32(_mul_f32(act[b, 3 * hidden + j], s_o, tanh_c[b, j], s_t), s_io, io_lo, io_hi)
 
 
-@numba.njit(cache=True, fastmath=False)
-def lstm_layer_numba(blocks, bias, gate_mult, gate_shift, gate_luts, tanh_lut, params, fscales, x, h, c):
-    """Same contract as :func:`lstm_layer_ref` (codes returned as int16); ``blocks`` is
-    :attr:`LayerArrays.blocks`, ``x`` (B, T, F) int16, ``h``/``c`` (B, H) int64.
+def _gate_product(blocks, z, zu, acc, add):
+    """``acc (+)= W z``: :func:`kernels.simd.gate_dot_u8` on ``zu`` for quad blocks, else
+    :func:`kernels.simd.gate_dot` on ``z`` (``add``: the adding variants). The compiled
+    version decides by the blocks' dtype where it can: int16 blocks are always pairs."""
+    if blocks.shape[3] == 4:
+        (gate_dot_u8_add if add else gate_dot_u8)(blocks, zu, acc)
+    else:
+        (gate_dot_add if add else gate_dot)(blocks, z, acc)
 
-    After each step's gate product every stage runs over the whole batch as (B, 4H) or (B, H)
-    int32 arrays, one stage per loop (requantization, gate lookups, cell update, tanh lookup,
-    hidden requantization), so LLVM vectorises the arithmetic over B x H and the lookups
-    become gathers; state is carried in int32 (cell codes are at most 16 bits).
+
+@overload(_gate_product, inline="always")
+def _gate_product_overload(blocks, z, zu, acc, add):
+    if not isinstance(add, types.BooleanLiteral):
+        return None
+    pairs = gate_dot_add if add.literal_value else gate_dot
+    quads = gate_dot_u8_add if add.literal_value else gate_dot_u8
+    if blocks.dtype == types.int16:  # widened pair blocks: the u8 product does not type for them
+        def impl(blocks, z, zu, acc, add):
+            pairs(blocks, z, acc)
+    else:
+        def impl(blocks, z, zu, acc, add):
+            if blocks.shape[3] == 4:
+                quads(blocks, zu, acc)
+            else:
+                pairs(blocks, z, acc)
+    return impl
+
+
+CHUNK_ELEMENTS = 1 << 16
+"""int32 gate sums of the input projection computed ahead per chunk of steps (256 KiB: they
+stay in L2 until their step comes): ``max(1, CHUNK_ELEMENTS // (B * 4H))`` steps a chunk."""
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _input_codes(x, t0, n, xz, xu):
+    """Rows (t, b) of ``xz`` (int16 codes) or ``xu`` (uint8 codes + QUAD_OFFSET, if it has
+    columns) get x[b, t0 + t] for t < n; the columns past F stay zero."""
+    batch, _, n_in = x.shape
+    zero = np.int32(QUAD_OFFSET)
+    for t in range(n):
+        for b in range(batch):
+            if xu.shape[1] > 0:
+                for k in range(n_in):
+                    xu[t * batch + b, k] = np.uint8(x[b, t0 + t, k] + zero)
+            else:
+                for k in range(n_in):
+                    xz[t * batch + b, k] = x[b, t0 + t, k]
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _emit_hidden(h32, t, out, hz, hu):
+    """out[:, t] = h (unless t < 0); ``hz`` / ``hu`` (the codes the next step's product reads) = h, or h + 128."""
+    zero = np.int32(QUAD_OFFSET)
+    for b in range(h32.shape[0]):
+        if t >= 0:
+            for j in range(h32.shape[1]):
+                out[b, t, j] = np.int16(h32[b, j])
+        if hu.shape[1] > 0:
+            for j in range(h32.shape[1]):
+                hu[b, j] = np.uint8(h32[b, j] + zero)
+        else:
+            for j in range(h32.shape[1]):
+                hz[b, j] = np.int16(h32[b, j])
+
+
+@numba.njit(cache=True, fastmath=False)
+def lstm_layer_numba(input_blocks, blocks, bias, gate_mult, gate_shift, gate_real, gate_bounds, gate_luts, tanh_lut,
+                     params, fscales, x, h, c):
+    """Same contract as :func:`lstm_layer_ref` (codes returned as int16); ``input_blocks`` and
+    ``blocks`` are :attr:`LayerArrays.input_blocks` and :attr:`LayerArrays.blocks`, ``x``
+    (B, T, F) int16, ``h``/``c`` (B, H) int64.
+
+    The input projection ``W[:, :F] x_t`` does not depend on the recurrence: it runs ahead for
+    a chunk of steps as one product over (steps x B) rows, into the int32 sums the recurrent
+    product ``W[:, F:] h_{t-1}`` then adds to (:func:`kernels.simd.gate_dot_add`; int32 sums are
+    exact in any order under the accumulator bound). After each step's product every stage runs
+    over the whole batch as (B, 4H) or (B, H) int32 arrays, one stage per loop (requantization,
+    gate lookups, cell update, tanh lookup, hidden requantization), so LLVM vectorises the
+    arithmetic over B x H; state is carried in int32 (cell codes are at most 16 bits).
     """
-    batch, steps, n_in = x.shape
+    batch, steps, _ = x.shape
     hidden = h.shape[1]
     rows = 4 * hidden
     float32_cell = params[12] != 0
+    float64_gates = params[13] != 0
     n_codes = gate_luts.shape[1]
     lut = np.ascontiguousarray(gate_luts).reshape(4 * n_codes)
     gate_off = np.empty(rows, dtype=np.int32)  # -gate_min + the table of the row's gate
@@ -335,11 +461,17 @@ def lstm_layer_numba(blocks, bias, gate_mult, gate_shift, gate_luts, tanh_lut, p
         gate_off[r] = np.int32((r // hidden) * n_codes - params[0])
     out = np.empty((batch, steps, hidden), dtype=np.int16)
     u8 = blocks.shape[3] == 4  # quad blocks: gate_dot_u8 on codes + QUAD_OFFSET
-    # [x_t, h_{t-1}, zero padding] per row, as int16 codes (pair blocks) or uint8 codes + 128 (quad blocks)
-    z = np.zeros((batch, 0 if u8 else blocks.shape[1] * blocks.shape[3]), dtype=np.int16)
-    zu = np.zeros((batch, blocks.shape[1] * blocks.shape[3] if u8 else 0), dtype=np.uint8)
-    zero = np.int32(QUAD_OFFSET)
-    acc = np.empty((batch, blocks.shape[0] * blocks.shape[2]), dtype=np.int32)  # rows padded to whole blocks
+    x_cols = input_blocks.shape[1] * input_blocks.shape[3]
+    h_cols = blocks.shape[1] * blocks.shape[3]
+    rows_pad = blocks.shape[0] * blocks.shape[2]  # rows padded to whole blocks
+    chunk = max(1, min(steps, CHUNK_ELEMENTS // (batch * rows_pad)))
+    # inputs of a chunk, rows (t, b), and h_{t-1}: int16 codes (pair blocks) or uint8 codes + 128 (quad blocks)
+    xz = np.zeros((chunk * batch, 0 if u8 else x_cols), dtype=np.int16)
+    xu = np.zeros((chunk * batch, x_cols if u8 else 0), dtype=np.uint8)
+    hz = np.zeros((batch, 0 if u8 else h_cols), dtype=np.int16)
+    hu = np.zeros((batch, h_cols if u8 else 0), dtype=np.uint8)
+    acc = np.empty((chunk, batch, rows_pad), dtype=np.int32)  # gate sums of the chunk's steps
+    acc_rows = acc.reshape(chunk * batch, rows_pad)
     idx = np.empty((batch, rows), dtype=np.int32)  # gate table indices
     act = np.empty((batch, rows), dtype=np.int32)  # activation codes i, f, g, o
     c32 = np.empty((batch, hidden), dtype=np.int32)
@@ -349,34 +481,28 @@ def lstm_layer_numba(blocks, bias, gate_mult, gate_shift, gate_luts, tanh_lut, p
         for j in range(hidden):
             c32[b, j] = c[b, j]
             h32[b, j] = h[b, j]
-    for t in range(steps):
-        if u8:
-            for b in range(batch):
-                for k in range(n_in):
-                    zu[b, k] = np.uint8(x[b, t, k] + zero)
-                for j in range(hidden):
-                    zu[b, n_in + j] = np.uint8(h32[b, j] + zero)
-            gate_dot_u8(blocks, zu, acc)
-        else:
-            for b in range(batch):
-                for k in range(n_in):
-                    z[b, k] = x[b, t, k]
-                for j in range(hidden):
-                    z[b, n_in + j] = np.int16(h32[b, j])
-            gate_dot(blocks, z, acc)
-        _gate_indices(acc, bias, gate_mult, gate_shift, gate_off, params[0], params[1], idx)
-        _lookup(lut, idx, act)
-        if float32_cell:
-            _cell_float32_nb(act, params, fscales, c32, tc)
-            _lookup(tanh_lut, tc, tc)
-            _hidden_float32_nb(act, tc, params, fscales, h32)
-        else:
-            _cell_fixed_nb(act, params, c32, tc)
-            _lookup(tanh_lut, tc, tc)
-            _hidden_fixed_nb(act, tc, params, h32)
-        for b in range(batch):
-            for j in range(hidden):
-                out[b, t, j] = np.int16(h32[b, j])
+    _emit_hidden(h32, -1, out, hz, hu)
+    for t0 in range(0, steps, chunk):
+        n = min(chunk, steps - t0)  # a short last chunk leaves stale rows: computed, never read
+        _input_codes(x, t0, n, xz, xu)
+        _gate_product(input_blocks, xz, xu, acc_rows, False)
+        for s in range(n):
+            acc_s = acc[s]
+            _gate_product(blocks, hz, hu, acc_s, True)
+            if float64_gates:
+                _gate_indices_f64(acc_s, bias, gate_real, gate_bounds, gate_off, params[0], params[1], idx)
+            else:
+                _gate_indices(acc_s, bias, gate_mult, gate_shift, gate_off, params[0], params[1], idx)
+            _lookup(lut, idx, act)
+            if float32_cell:
+                _cell_float32_nb(act, params, fscales, c32, tc)
+                _lookup(tanh_lut, tc, tc)
+                _hidden_float32_nb(act, tc, params, fscales, h32)
+            else:
+                _cell_fixed_nb(act, params, c32, tc)
+                _lookup(tanh_lut, tc, tc)
+                _hidden_fixed_nb(act, tc, params, h32)
+            _emit_hidden(h32, t0 + s, out, hz, hu)
     for b in range(batch):
         for j in range(hidden):
             c[b, j] = c32[b, j]
@@ -386,7 +512,8 @@ def lstm_layer_numba(blocks, bias, gate_mult, gate_shift, gate_luts, tanh_lut, p
 
 def kernel_args(a: LayerArrays) -> tuple[np.ndarray, ...]:
     """The leading arguments of :func:`lstm_layer_numba` (all but ``x, h, c``)."""
-    return a.blocks, a.kernel_bias, a.gate_mult, a.gate_shift, a.gate_luts, a.tanh_lut, a.params, a.fscales
+    return (a.input_blocks, a.blocks, a.kernel_bias, a.gate_mult, a.gate_shift, a.gate_real, a.gate_bounds,
+            a.gate_luts, a.tanh_lut, a.params, a.fscales)
 
 
 def run_layer_numba(a: LayerArrays, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -31,6 +31,12 @@ inputs: one ``vpdpbusd`` (AVX-512 VNNI) adds four u8 x s8 products per int32 lan
 multiply-accumulates per instruction against ``vpdpwssd``'s 32, on weights loaded without sign
 extension; the LSTM kernel takes it for signed io codes of at most 8 bits (offset by 128).
 
+``gate_dot_add`` / ``gate_dot_u8_add`` add the sums to ``acc`` instead of overwriting it (the
+LSTM kernel runs the input projection ahead for many steps, then adds the recurrent product
+per step). ``gate_dot`` also takes the pair blocks widened to int16 (``block_weights(w)
+.astype(np.int16)``, what the LSTM kernel stores): they go straight into ``pmaddwd`` without a
+sign extension per load, which on AVX2 costs a shuffle-port uop per 16 weights.
+
 ``QBENCH_KERNEL_ISA=generic`` (or ``avx2``) forces a narrower set, for tests and comparisons;
 it is read at compile time, so pair it with a fresh ``NUMBA_CACHE_DIR``.
 """
@@ -46,8 +52,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 __all__ = ["ISA_ENV", "QUAD_OFFSET", "ROWS_PER_BLOCK", "block_weights", "block_weights_u8", "compiled_isa",
-           "compiled_u8_product", "gate_dot", "gate_dot_u8", "target_isa", "u8_product", "unblock_weights",
-           "unblock_weights_u8"]
+           "compiled_u8_product", "gate_dot", "gate_dot_add", "gate_dot_u8", "gate_dot_u8_add", "target_isa",
+           "u8_product", "unblock_weights", "unblock_weights_u8"]
 
 ROWS_PER_BLOCK = 64
 QUAD_OFFSET = 128  # gate_dot_u8's inputs are signed 8-bit codes + 128
@@ -166,8 +172,9 @@ def _pair_sums(builder: ir.IRBuilder, plan: _Plan, acc: ir.Value) -> ir.Value:
     return builder.add(builder.shuffle_vector(acc, acc, even), builder.shuffle_vector(acc, acc, odd))
 
 
-def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_pairs, b0, z_stride, acc_stride):
-    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums."""
+def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_pairs, b0, z_stride, acc_stride,
+               add: bool):
+    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums (``add``: add them)."""
     accs = [[cgutils.alloca_once(builder, plan.acc_type) for _ in range(plan.n_acc)] for _ in range(tile)]
     for row in accs:
         for a in row:
@@ -179,8 +186,10 @@ def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_
         weights = []
         for j in range(plan.n_acc):
             p = builder.gep(w_ptr, [builder.add(w_at, ir.Constant(_I64, 2 * plan.lanes * j))])
-            w = builder.load(builder.bitcast(p, plan.vec(_I8, 2).as_pointer()), align=1)
-            weights.append(builder.sext(w, plan.vec(_I16, 2)))
+            w_type = w_ptr.type.pointee  # i8 codes, sign-extended here, or i16 codes (widened at load)
+            w = builder.load(builder.bitcast(p, ir.VectorType(w_type, 2 * plan.lanes).as_pointer()),
+                             align=w_type.width // 8)
+            weights.append(w if w_type == _I16 else builder.sext(w, plan.vec(_I16, 2)))
         for t in range(tile):
             z_at = builder.add(builder.mul(builder.add(b0, ir.Constant(_I64, t)), z_stride), pair.index)
             zp = builder.load(builder.gep(z_ptr, [z_at]), align=2)  # the pair as one i32
@@ -193,8 +202,14 @@ def _emit_tile(builder, plan: _Plan, tile: int, w_ptr, z_ptr, acc_ptr, block, n_
                              builder.mul(block, ir.Constant(_I64, ROWS_PER_BLOCK)))
         for j, a in enumerate(row):
             p = builder.gep(acc_ptr, [builder.add(row_at, ir.Constant(_I64, plan.lanes * j))])
-            sums = _pair_sums(builder, plan, builder.load(a))
-            builder.store(sums, builder.bitcast(p, plan.vec(_I32).as_pointer()), align=4)
+            _store_sums(builder, _pair_sums(builder, plan, builder.load(a)), builder.bitcast(p, plan.vec(_I32).as_pointer()), add)
+
+
+def _store_sums(builder: ir.IRBuilder, sums: ir.Value, ptr: ir.Value, add: bool) -> None:
+    """acc = sums, or acc += sums (int32 lanes, wrapping like the NumPy fallbacks' int32 cast)."""
+    if add:
+        sums = builder.add(sums, builder.load(ptr, align=4))
+    builder.store(sums, ptr, align=4)
 
 
 def gate_dot(blocks: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
@@ -205,6 +220,11 @@ def gate_dot(blocks: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
     acc[:] = (z.astype(np.int64) @ unblock_weights(blocks).T.astype(np.int64)).astype(np.int32)
 
 
+def gate_dot_add(blocks: np.ndarray, z: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`gate_dot` adding to ``acc`` instead of overwriting it (``acc += W z``, int32)."""
+    acc[:] = (acc.astype(np.int64) + z.astype(np.int64) @ unblock_weights(blocks).T.astype(np.int64)).astype(np.int32)
+
+
 @overload(gate_dot, inline="always")
 def _gate_dot_overload(blocks, z, acc):
     def impl(blocks, z, acc):
@@ -212,10 +232,16 @@ def _gate_dot_overload(blocks, z, acc):
     return impl
 
 
-@intrinsic
-def _gate_dot_simd(typingctx, blocks, z, acc):
-    """The compiled :func:`gate_dot`."""
-    if not (isinstance(blocks, types.Array) and blocks.dtype == types.int8 and blocks.ndim == 4
+@overload(gate_dot_add, inline="always")
+def _gate_dot_add_overload(blocks, z, acc):
+    def impl(blocks, z, acc):
+        _gate_dot_add_simd(blocks, z, acc)
+    return impl
+
+
+def _gate_dot_typing(blocks, z, acc, add: bool):
+    """The compiled :func:`gate_dot` (``add``: :func:`gate_dot_add`)."""
+    if not (isinstance(blocks, types.Array) and blocks.dtype in (types.int8, types.int16) and blocks.ndim == 4
             and isinstance(z, types.Array) and z.dtype == types.int16 and z.ndim == 2
             and isinstance(acc, types.Array) and acc.dtype == types.int32 and acc.ndim == 2):
         return None
@@ -230,7 +256,7 @@ def _gate_dot_simd(typingctx, blocks, z, acc):
         batch, z_len = cgutils.unpack_tuple(builder, z_arr.shape, 2)
         acc_stride = cgutils.unpack_tuple(builder, acc_arr.shape, 2)[1]
         z_stride = builder.udiv(z_len, ir.Constant(_I64, 2))  # in pairs
-        w_ptr = builder.bitcast(w_arr.data, _I8.as_pointer())
+        w_ptr = builder.bitcast(w_arr.data, (_I16 if signature.args[0].dtype == types.int16 else _I8).as_pointer())
         z_ptr = builder.bitcast(z_arr.data, _I32.as_pointer())
         acc_ptr = builder.bitcast(acc_arr.data, _I32.as_pointer())
         tile = ir.Constant(_I64, plan.batch_tile)
@@ -239,14 +265,24 @@ def _gate_dot_simd(typingctx, blocks, z, acc):
             with cgutils.for_range(builder, n_tiles) as bt:
                 b0 = builder.mul(bt.index, tile)
                 _emit_tile(builder, plan, plan.batch_tile, w_ptr, z_ptr, acc_ptr, block.index, n_pairs, b0,
-                           z_stride, acc_stride)
+                           z_stride, acc_stride, add)
             if plan.batch_tile > 1:
                 with cgutils.for_range_slice(builder, builder.mul(n_tiles, tile), batch, ir.Constant(_I64, 1)) as (b, _):
                     _emit_tile(builder, plan, 1, w_ptr, z_ptr, acc_ptr, block.index, n_pairs, b,
-                               z_stride, acc_stride)
+                               z_stride, acc_stride, add)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _gate_dot_simd(typingctx, blocks, z, acc):
+    return _gate_dot_typing(blocks, z, acc, False)
+
+
+@intrinsic
+def _gate_dot_add_simd(typingctx, blocks, z, acc):
+    return _gate_dot_typing(blocks, z, acc, True)
 
 
 # ---------------------------------------------------------------- unsigned 8-bit inputs (AVX-512 VNNI)
@@ -265,10 +301,22 @@ def gate_dot_u8(blocks: np.ndarray, zu: np.ndarray, acc: np.ndarray) -> None:
     acc[:] = (zu.astype(np.int64) @ unblock_weights_u8(blocks).T.astype(np.int64)).astype(np.int32)
 
 
+def gate_dot_u8_add(blocks: np.ndarray, zu: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`gate_dot_u8` adding to ``acc`` instead of overwriting it (``acc += W zu``, int32)."""
+    acc[:] = (acc.astype(np.int64) + zu.astype(np.int64) @ unblock_weights_u8(blocks).T.astype(np.int64)).astype(np.int32)
+
+
 @overload(gate_dot_u8, inline="always")
 def _gate_dot_u8_overload(blocks, zu, acc):
     def impl(blocks, zu, acc):
         _gate_dot_u8_simd(blocks, zu, acc)
+    return impl
+
+
+@overload(gate_dot_u8_add, inline="always")
+def _gate_dot_u8_add_overload(blocks, zu, acc):
+    def impl(blocks, zu, acc):
+        _gate_dot_u8_add_simd(blocks, zu, acc)
     return impl
 
 
@@ -293,8 +341,9 @@ def _quad_madd(builder: ir.IRBuilder, vnni: bool, acc: ir.Value, z: ir.Value, w:
     return acc
 
 
-def _emit_tile_u8(builder, vnni: bool, tile: int, w_ptr, z_ptr, acc_ptr, block, n_quads, b0, z_stride, acc_stride):
-    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums."""
+def _emit_tile_u8(builder, vnni: bool, tile: int, w_ptr, z_ptr, acc_ptr, block, n_quads, b0, z_stride, acc_stride,
+                  add: bool):
+    """Accumulate one 64-row block for batch rows b0 .. b0 + tile - 1 and store the sums (``add``: add them)."""
     v16 = ir.VectorType(_I32, _U8_LANES)
     n_acc = ROWS_PER_BLOCK // _U8_LANES
     accs = [[cgutils.alloca_once(builder, v16) for _ in range(n_acc)] for _ in range(tile)]
@@ -321,12 +370,11 @@ def _emit_tile_u8(builder, vnni: bool, tile: int, w_ptr, z_ptr, acc_ptr, block, 
                              builder.mul(block, ir.Constant(_I64, ROWS_PER_BLOCK)))
         for j, a in enumerate(row):
             p = builder.gep(acc_ptr, [builder.add(row_at, ir.Constant(_I64, _U8_LANES * j))])
-            builder.store(builder.load(a), builder.bitcast(p, v16.as_pointer()), align=4)
+            _store_sums(builder, builder.load(a), builder.bitcast(p, v16.as_pointer()), add)
 
 
-@intrinsic
-def _gate_dot_u8_simd(typingctx, blocks, zu, acc):
-    """The compiled :func:`gate_dot_u8`."""
+def _gate_dot_u8_typing(blocks, zu, acc, add: bool):
+    """The compiled :func:`gate_dot_u8` (``add``: :func:`gate_dot_u8_add`)."""
     if not (isinstance(blocks, types.Array) and blocks.dtype == types.int8 and blocks.ndim == 4
             and isinstance(zu, types.Array) and zu.dtype == types.uint8 and zu.ndim == 2
             and isinstance(acc, types.Array) and acc.dtype == types.int32 and acc.ndim == 2):
@@ -350,9 +398,20 @@ def _gate_dot_u8_simd(typingctx, blocks, zu, acc):
         with cgutils.for_range(builder, n_blocks) as block:
             with cgutils.for_range(builder, n_tiles) as bt:
                 _emit_tile_u8(builder, vnni, _U8_TILE, w_ptr, z_ptr, acc_ptr, block.index, n_quads,
-                              builder.mul(bt.index, tile), z_stride, acc_stride)
+                              builder.mul(bt.index, tile), z_stride, acc_stride, add)
             with cgutils.for_range_slice(builder, builder.mul(n_tiles, tile), batch, ir.Constant(_I64, 1)) as (b, _):
-                _emit_tile_u8(builder, vnni, 1, w_ptr, z_ptr, acc_ptr, block.index, n_quads, b, z_stride, acc_stride)
+                _emit_tile_u8(builder, vnni, 1, w_ptr, z_ptr, acc_ptr, block.index, n_quads, b, z_stride, acc_stride,
+                              add)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _gate_dot_u8_simd(typingctx, blocks, zu, acc):
+    return _gate_dot_u8_typing(blocks, zu, acc, False)
+
+
+@intrinsic
+def _gate_dot_u8_add_simd(typingctx, blocks, zu, acc):
+    return _gate_dot_u8_typing(blocks, zu, acc, True)

@@ -403,14 +403,19 @@ def _figures(record: dict[str, Any]) -> dict[str, Any]:
 LATENCY_KEY = "b1_t1"
 
 
+def candidate_latency_ms(candidate: dict[str, Any], missing: float = math.inf) -> float:
+    """A candidate's measured median latency (ms) at ``LATENCY_KEY``, or ``missing`` when not timed."""
+    lat = ((candidate.get("latency") or {}).get("latency") or {}).get(LATENCY_KEY) or {}
+    return float(lat.get("median_ms", missing))
+
+
 def candidate_cost(candidate: dict[str, Any], cost: str) -> float:
     """The cost the answer minimises: packed bytes (the QAT model's), BitOps, or measured latency (ms)."""
     if cost == "bytes":
         return float(candidate["qat"].get("packed_bytes") or math.inf)
     if cost == "bitops":
         return float(candidate["bitops"])
-    lat = ((candidate.get("latency") or {}).get("latency") or {}).get(LATENCY_KEY) or {}
-    return float(lat.get("median_ms", math.inf))
+    return candidate_latency_ms(candidate)
 
 
 def answer(students: dict[str, dict[str, Any]], scfg: SearchConfig) -> dict[str, Any]:

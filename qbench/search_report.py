@@ -95,10 +95,9 @@ def pareto_frame(students: dict[str, dict[str, Any]]):
 
 
 def _latency(c: dict[str, Any]) -> float:
-    from qbench.search import LATENCY_KEY
+    from qbench.search import candidate_latency_ms
 
-    lat = ((c.get("latency") or {}).get("latency") or {}).get(LATENCY_KEY) or {}
-    return lat.get("median_ms", float("nan"))
+    return candidate_latency_ms(c, missing=float("nan"))
 
 
 def _pct(v) -> str:
