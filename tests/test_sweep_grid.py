@@ -104,3 +104,10 @@ def test_an_undistilled_grid_trains_no_teacher_and_its_students_ignore_kd_settin
     a, b = Pipeline(cfg, cache_dir=tmp_path, progress=False), Pipeline(hot, cache_dir=tmp_path, progress=False)
     assert a._distill_key(DistillMode.NONE) == b._distill_key(DistillMode.NONE) == DistillConfig().to_dict()
     assert a._distill_key(DistillMode.KD) != b._distill_key(DistillMode.KD)
+
+
+def test_a_results_document_from_before_augment_reads_as_unmasked() -> None:
+    doc = SweepConfig().to_dict()
+    del doc["augment"]  # as written before the option existed
+    assert SweepConfig.from_dict(doc).student_train_for("dscnn").augment is None
+    assert SweepConfig.from_dict(SweepConfig().to_dict()) == SweepConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from models.frontend import ClipNormMode
 from qbench.config import Config, check_range, coerce_enum
@@ -143,6 +144,11 @@ class SweepConfig(Config):
             raise ConfigError(f"{owner}.checkpoints: {', '.join(strays)} not in models")
         if any(d.uses_attention for d in self.distill) and self.teacher != "transformer":
             raise ConfigError(f"{owner}: temporal KD needs the transformer teacher, not {self.teacher!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        # a document written before ``augment`` existed trained every student without masking
+        return super().from_dict(data if "augment" in data else {**data, "augment": []})
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
