@@ -16,7 +16,8 @@ from enum import Enum
 import numpy as np
 
 from kernels.linear import HeadArrays, head_arrays, linear_numba, linear_ref
-from kernels.lstm import layer_arrays, lstm_layer_ref, run_layer_numba
+from kernels.lstm import layer_arrays, run_layer_numba
+from kernels.lstm_ref import lstm_layer_ref
 from kernels.model import IntLSTMModel
 
 __all__ = ["EngineOutput", "IntLSTMEngine", "KernelBackend", "LSTMStream"]

@@ -1,4 +1,5 @@
-"""The integer LSTM layer: the plain NumPy reference first, then the Numba kernel.
+"""The integer LSTM layer: its arrays and the Numba kernel (the plain NumPy reference that
+defines it is :mod:`kernels.lstm_ref`).
 
 One time step, per batch row, in the order and rounding of Brevitas' ``_QuantLSTMCell``:
 
@@ -39,14 +40,14 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from kernels.fixedpoint import requant_params, rshift_round_half_even
+from kernels.fixedpoint import requant_params
 from kernels.model import IntLSTMLayer, QuantSpec
 from kernels.simd import (QUAD_OFFSET, block_weights, block_weights_u8, compiled_u8_product, gate_dot, gate_dot_add,
                           gate_dot_u8, gate_dot_u8_add)
 from qbench.errors import QbenchError
 
-__all__ = ["AccumulatorOverflow", "LayerArrays", "is_po2", "kernel_args", "layer_arrays", "lstm_layer_numba",
-           "lstm_layer_ref", "run_layer_numba"]
+__all__ = ["AccumulatorOverflow", "LayerArrays", "PARAM_NAMES", "is_po2", "kernel_args", "layer_arrays",
+           "lstm_layer_numba", "run_layer_numba"]
 
 INT32_MAX = 2**31 - 1
 
@@ -69,11 +70,11 @@ class LayerArrays(NamedTuple):
     gate_bounds: np.ndarray  # (2, 4H) int32: acc range outside which the gate code saturates (see _gate_bounds)
     gate_luts: np.ndarray  # (4, n_gate_codes) int32: gate code - gate_min -> activation code
     tanh_lut: np.ndarray  # (n_cell_codes,) int32: cell code - cell_min -> tanh code
-    params: np.ndarray  # (13,) int64: see _PARAM_NAMES
+    params: np.ndarray  # (14,) int64: see PARAM_NAMES
     fscales: np.ndarray  # (7,) float32: s_i, s_f, s_g, s_o, s_tanh_c, s_cell, s_io (float32 mode)
 
 
-_PARAM_NAMES = ("gate_min", "gate_max", "cell_min", "cell_max", "io_min", "io_max",
+PARAM_NAMES = ("gate_min", "gate_max", "cell_min", "cell_max", "io_min", "io_max",
                 "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "float64_gates")
 
 FLOAT64_EXACT = 2**53  # integers below this (and their products by powers of two) are exact in float64
@@ -189,57 +190,6 @@ def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32
         params=np.array([int(p) for p in params], dtype=np.int64),
         fscales=np.array([np.float32(s.scale) for s in cell_specs], dtype=np.float32),
     )
-
-
-# ---------------------------------------------------------------- plain NumPy reference
-
-def _rq_clamp(x: np.ndarray, mult, shift, lo: int, hi: int) -> np.ndarray:
-    return np.clip(rshift_round_half_even(x * mult, shift), lo, hi)
-
-
-def _quant_f32_ref(v: np.ndarray, scale: np.float32, lo: int, hi: int) -> np.ndarray:
-    """Brevitas' IntQuant on float32 ``v``: clamp(round_half_even(v / scale)) as int64 codes."""
-    return np.clip(np.rint(v / scale), lo, hi).astype(np.int64)
-
-
-def _deq(code: np.ndarray, scale: np.float32) -> np.ndarray:
-    """Codes -> float32 values, as Brevitas dequantizes (codes below 2**24 convert exactly)."""
-    return code.astype(np.float32) * scale
-
-
-def _cell_float32(s: np.ndarray, tanh_lut: np.ndarray, p: dict, i, f, g, o, c, h) -> None:
-    """Step 4 in Brevitas' float32 operations, updating ``c``, ``h`` (B, H) in place."""
-    s_i, s_f, s_g, s_o, s_t, s_c, s_io = s
-    deq = _deq
-    fc = _quant_f32_ref(deq(f, s_f) * deq(c, s_c), s_c, p["cell_min"], p["cell_max"])
-    ic = _quant_f32_ref(deq(i, s_i) * deq(g, s_g), s_c, p["cell_min"], p["cell_max"])
-    c[:] = _quant_f32_ref(deq(fc, s_c) + deq(ic, s_c), s_c, p["cell_min"], p["cell_max"])
-    tanh_c = tanh_lut[c - p["cell_min"]]
-    h[:] = _quant_f32_ref(deq(o, s_o) * deq(tanh_c, s_t), s_io, p["io_min"], p["io_max"])
-
-
-def lstm_layer_ref(a: LayerArrays, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """(B, T, F) io codes -> (B, T, H) hidden codes; ``h``, ``c`` (B, H) int64 updated in place."""
-    p = dict(zip(_PARAM_NAMES, a.params.tolist()))
-    batch, steps, _ = x.shape
-    hidden = h.shape[1]
-    out = np.empty((batch, steps, hidden), dtype=np.int64)
-    w = a.weight.astype(np.int64)
-    for t in range(steps):
-        z = np.concatenate([x[:, t].astype(np.int64), h], axis=1)  # (B, K)
-        acc = z @ w.T + a.bias  # (B, 4H) int64, exact
-        gate = _rq_clamp(acc, a.gate_mult, a.gate_shift, p["gate_min"], p["gate_max"]) - p["gate_min"]
-        i, f, g, o = (a.gate_luts[k][gate[:, k * hidden:(k + 1) * hidden]].astype(np.int64) for k in range(4))
-        if p["float32_cell"]:
-            _cell_float32(a.fscales, a.tanh_lut, p, i, f, g, o, c, h)
-        else:
-            fc = _rq_clamp(f * c, p["fc_mult"], p["fc_shift"], p["cell_min"], p["cell_max"])
-            ic = _rq_clamp(i * g, p["ic_mult"], p["ic_shift"], p["cell_min"], p["cell_max"])
-            c[:] = np.clip(fc + ic, p["cell_min"], p["cell_max"])
-            tanh_c = a.tanh_lut[c - p["cell_min"]]
-            h[:] = _rq_clamp(o * tanh_c, p["h_mult"], p["h_shift"], p["io_min"], p["io_max"])
-        out[:, t] = h
-    return out
 
 
 # ---------------------------------------------------------------- Numba kernel

@@ -404,9 +404,9 @@ def _plot(records: Sequence[dict[str, Any]], x_of, xlabel: str, path: Path, titl
             placed.append((x, 100 * err, dy))
             ax.annotate(tag, (x, 100 * err), fontsize=6, xytext=(3, dy), textcoords="offset points")
         seen.add(label)
-    for model, pts in by_model.items():
-        from qbench.stats import pareto_front
+    from qbench.stats import pareto_front
 
+    for model, pts in by_model.items():
         front = [pts[i] for i in pareto_front(pts)]
         if len(front) > 1:
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=colours[model], alpha=0.5,

@@ -10,7 +10,8 @@ import pytest
 
 from kernels.fixedpoint import requant_params
 from kernels.lstm import (CHUNK_ELEMENTS, _gate_bounds, _gate_indices, _gate_indices_f64, kernel_args, layer_arrays,
-                          lstm_layer_numba, lstm_layer_ref)
+                          lstm_layer_numba)
+from kernels.lstm_ref import lstm_layer_ref
 from kernels.model import IntLSTMModel
 from kernels.simd import (ROWS_PER_BLOCK, block_weights, block_weights_u8, gate_dot_add, gate_dot_u8_add,
                           unblock_weights)

@@ -11,7 +11,8 @@ import pytest
 from kernels.engine import IntLSTMEngine, KernelBackend
 from kernels.fixedpoint import div_round_half_even, requant_params, rshift_round_half_even
 from kernels.linear import head_arrays, linear_numba, linear_ref
-from kernels.lstm import AccumulatorOverflow, kernel_args, layer_arrays, lstm_layer_numba, lstm_layer_ref, run_layer_numba
+from kernels.lstm import AccumulatorOverflow, kernel_args, layer_arrays, lstm_layer_numba, run_layer_numba
+from kernels.lstm_ref import lstm_layer_ref
 from kernels.model import IntLinear, IntLSTMLayer, IntLSTMModel, QuantSpec
 from kernels.pack import code_range
 from kernels.storage import load_model, save_model

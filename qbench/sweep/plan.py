@@ -101,8 +101,9 @@ def quant_backends(cfg: SweepConfig, model: str) -> list[Backend]:
 
 
 def plan_points(cfg: SweepConfig) -> list[Point]:
-    """Teacher first (when some student is distilled), then per student and distillation mode: the fp32 point (one per training
-    seed), then (for the modes in ``qat_distill``) PTQ and QAT points, each QAT model on every backend."""
+    """Teacher first (when some student is distilled), then per student and distillation mode: the
+    fp32 point (one per training seed), then (for the modes in ``qat_distill``) PTQ and QAT points,
+    each QAT model on every backend."""
     points = [Point("teacher", cfg.teacher, "fp32", DistillMode.NONE, REFERENCE)] if cfg.needs_teacher else []
     for model in cfg.models:
         for mode in cfg.distill:
