@@ -67,6 +67,7 @@ def _run(q: QbenchQuantLSTM, x: torch.Tensor, hx, *, fast: bool, grads: bool):
     q.zero_grad()
     with torch.set_grad_enabled(grads):
         out, (h, c) = q(x, hx)
+        assert q.fast_path_declined == (None if fast else "fast_path is off")  # the fast path ran, or did not
         if grads:
             (out.square().sum() + (h * torch.arange(HIDDEN)).sum() + c.square().sum()).backward()
     q.fast_path = True
@@ -211,3 +212,138 @@ def test_power_of_two_scales_hoist_the_input_product() -> None:
         cell = q.layers[0][0]
         with torch.no_grad():
             assert _layer(cell, cell.maybe_quantize_input(_inputs(0))).hoist is hoisted
+
+
+@pytest.mark.parametrize("rounding", ["floor", "round_to_zero"])
+def test_other_rounding_modes_are_stock_brevitas(rounding: str) -> None:
+    q = _model(QuantConfig(weight_bits=4, act_bits=6, rounding=rounding), layers=2, seed=11)
+    x = _inputs(11)
+    stock, stock_grads = _run(q, x, None, fast=False, grads=True)
+    fast, fast_grads = _run(q, x, None, fast=True, grads=True)
+    _assert_same_forward(stock, fast, q)
+    _assert_close_grads(stock_grads, fast_grads)
+
+
+def test_inference_reuses_quantized_weights_until_a_parameter_changes() -> None:
+    """Eval mode without autograd keeps each layer's quantized weights and tables; an in-place
+    update (an optimizer step) or a load changes a parameter's version and they are rebuilt."""
+    from qbench.quant import fast_lstm
+
+    q = _model(QuantConfig(weight_bits=4, scale_type="float"), layers=2)
+    q.eval()
+    x = _inputs(21)
+    first = _run(q, x, None, fast=True, grads=False)[0]
+    assert q in fast_lstm._PLANS
+    plans = fast_lstm._PLANS[q][1]
+    assert _run(q, x, None, fast=True, grads=False)[0][0].equal(first[0]) and fast_lstm._PLANS[q][1] is plans
+    with torch.no_grad():
+        q.layers[1][0].forget_gate_params.input_weight.weight.mul_(-1.5)  # what an optimizer step does
+    changed = _run(q, x, None, fast=True, grads=False)[0]
+    assert fast_lstm._PLANS[q][1] is not plans
+    assert not changed[0].equal(first[0])
+    _assert_same_forward(_run(q, x, None, fast=False, grads=False)[0], changed, q)
+    other = _model(QuantConfig(weight_bits=4, scale_type="float"), layers=2, seed=3)
+    q.load_state_dict(other.state_dict())
+    other.eval()
+    _assert_same_forward(_run(other, x, None, fast=False, grads=False)[0], _run(q, x, None, fast=True, grads=False)[0], q)
+    kept = fast_lstm._PLANS[q]
+    q.train()
+    with torch.no_grad():
+        q(x)
+    assert fast_lstm._PLANS[q] is kept  # a training forward neither uses nor replaces them
+
+
+def test_an_activation_code_that_depends_on_the_aten_path_runs_stock_brevitas(monkeypatch) -> None:
+    from qbench.quant import fast_lstm
+
+    q = _model(QuantConfig(scale_type="float"))
+    x = _inputs(31)
+    expected = _run(q, x, None, fast=False, grads=False)[0]
+    monkeypatch.setattr(fast_lstm, "_table", lambda *args: None)
+    q.fast_path = True
+    with torch.no_grad():
+        out, (h, c) = q(x)
+    assert "vector or scalar path" in q.fast_path_declined
+    _assert_same_forward(expected, (out, h, c), q)
+
+
+def test_table_declines_an_input_whose_code_depends_on_the_aten_path() -> None:
+    """Where ATen's vector and scalar sigmoid differ in the last ulp, a scale that puts the scalar
+    value exactly on a rounding tie gives the two paths different codes: no table."""
+    from qbench.quant.fast_lstm import _table
+
+    inputs = torch.linspace(-8, 8, 1 << 16)
+    padded = torch.zeros(2 * len(inputs))
+    padded[::2] = inputs
+    vector, scalar = torch.sigmoid(inputs), torch.sigmoid(padded[::2])
+    differ = torch.nonzero(vector != scalar).flatten()
+    if len(differ) == 0:
+        pytest.skip("ATen's vector and scalar sigmoid agree on every input on this CPU: no ambiguous code exists")
+    i = int(differ[0])
+    lo, hi = np.array([0.0], np.float32), np.array([255.0], np.float32)
+    tie = np.array([2 * min(float(vector[i]), float(scalar[i]))], np.float32)  # the smaller / s = 0.5: rounds to 0
+    assert _table(torch.sigmoid, inputs[i:i + 1], 0, tie, lo, hi, "round") is None  # the larger rounds to 1
+    step = np.array([4 * min(float(vector[i]), float(scalar[i]))], np.float32)  # 0.25 and just above: both 0
+    np.testing.assert_array_equal(_table(torch.sigmoid, inputs[i:i + 1], 0, step, lo, hi, "round"), vector[i:i + 1])
+
+
+def test_float64_input_runs_stock_brevitas() -> None:
+    q = _model(QuantConfig()).double()
+    with torch.no_grad():
+        q(_inputs(41).double())
+    assert "float64" in q.fast_path_declined
+
+
+def _cell_problem(seed: int, batch: int = 3, hidden: int = 24, steps: int = 4):
+    """Random operands of one layer's cell kernels, codes within their tables."""
+    from qbench.quant.fast_cell import QUANTIZERS, SAVED
+
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    scale = rng.uniform(0.005, 0.05, QUANTIZERS).astype(f32)
+    scale[8] = 1 / 4096  # the cell state: 16 bits
+    lo = np.array([-128] * 4 + [0, 0, -128, 0] + [-32768, -128, -128], f32)
+    hi = np.array([127] * 4 + [255, 255, 127, 255] + [32767, 127, 127], f32)
+    mode = np.zeros(QUANTIZERS, np.int64)
+    codes = np.arange(-128, 128, dtype=f32)
+    act_pre = np.stack([1 / (1 + np.exp(-codes * scale[k])) if k != 2 else np.tanh(codes * scale[k]) for k in range(4)]).astype(f32)
+    tanh_pre = np.tanh(np.arange(-32768, 32768, dtype=f32) * scale[8]).astype(f32)
+    xw = rng.normal(0, 1, (steps, 4, batch, hidden)).astype(f32)
+    hu = rng.normal(0, 1, (4 * batch, hidden)).astype(f32)
+    bias = rng.normal(0, 0.1, (4, hidden)).astype(f32)
+    state = (rng.uniform(-1, 1, (batch, hidden)).astype(f32), rng.uniform(-1, 1, (batch, hidden)).astype(f32))
+    saved = np.zeros((steps, SAVED, batch, hidden), f32)
+    return dict(xw=xw, hu=hu, bias=bias, state=state, scale=scale, lo=lo, hi=hi, mode=mode, act_pre=act_pre,
+                tanh_pre=tanh_pre, saved=saved, steps=steps, batch=batch, hidden=hidden)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_cell_kernels_match_their_python(mode: int) -> None:
+    """The compiled kernels against their own ``.py_func`` (Numba's test pattern): the forward
+    bit for bit (float32 operations), the backward within float reassociation."""
+    from qbench.quant.fast_cell import cell_backward, cell_forward
+
+    runs = []
+    for fn_forward, fn_backward in ((cell_forward, cell_backward), (cell_forward.py_func, cell_backward.py_func)):
+        c = _cell_problem(mode)
+        c["mode"][:] = mode
+        b, hd, steps = c["batch"], c["hidden"], c["steps"]
+        h, cs = (a.copy() for a in c["state"])
+        out = np.zeros((b, steps, hd), np.float32)
+        scratch = (np.empty((4, b, hd), np.float32), np.empty((b, hd), np.int32), np.empty((4, hd), np.float32))
+        for t in range(steps):
+            fn_forward(t, t, c["xw"], c["hu"], True, c["bias"], h, cs, out, c["scale"], c["lo"], c["hi"], c["mode"],
+                       c["act_pre"], -128, c["tanh_pre"], -32768, *scratch, c["saved"])
+        dh, dc = np.ones((b, hd), np.float32), np.zeros((b, hd), np.float32)
+        d_gates, terms = np.zeros((b, steps, 4 * hd), np.float32), np.zeros(11, np.float32)
+        grad_out = np.random.default_rng(9).normal(0, 1, out.shape).astype(np.float32)
+        for t in reversed(range(steps)):
+            fn_backward(t, grad_out, dh, dc, d_gates, terms, c["scale"], c["lo"], c["hi"], c["mode"], c["saved"],
+                        np.empty((5, hd), np.float32))
+        runs.append((out, h, cs, c["saved"], d_gates, dc, terms))
+    compiled, python = runs
+    for a, b_ in zip(compiled[:4], python[:4]):
+        np.testing.assert_array_equal(a, b_)
+    assert len(np.unique(compiled[0])) > 3  # the problem exercises the quantizers
+    for a, b_ in zip(compiled[4:], python[4:]):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5 * float(np.abs(b_).max()))

@@ -82,6 +82,9 @@ class QbenchQuantLSTM(QuantLSTM):
     fast_path = True
     """Run :mod:`qbench.quant.fast_lstm` when it reproduces Brevitas' forward; False forces Brevitas'."""
 
+    fast_path_declined: str | None = None
+    """Why the last forward ran Brevitas' own forward instead of the fast path (None: it did not)."""
+
     def forward(  # type: ignore[override]
         self, inp: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -89,8 +92,12 @@ class QbenchQuantLSTM(QuantLSTM):
         from qbench.quant.fast_lstm import fast_forward, why_not_fast
 
         inp = inp / self.input_scale  # W_ih carries the factor (see fit_input_scale)
-        if why_not_fast(self) is None:
-            return fast_forward(self, inp, hx)
+        self.fast_path_declined = why_not_fast(self)
+        if self.fast_path_declined is None:
+            result = fast_forward(self, inp, hx)
+            if not isinstance(result, str):
+                return result
+            self.fast_path_declined = result
         if hx is None:
             return super().forward(inp)
         # Brevitas 0.13 reads layer l's initial state at index 2*l even when unidirectional
