@@ -203,15 +203,37 @@ def test_integer_engine_is_bit_exact_after_fast_qat(bits: int) -> None:
     np.testing.assert_array_equal(brevitas_codes(model, q, x, head)[0], ref_hidden)
 
 
-def test_power_of_two_scales_hoist_the_input_product() -> None:
-    """Exact sums allow one input product for all steps; float scales keep Brevitas' per-step GEMMs."""
+def test_power_of_two_scales_make_every_product_exact() -> None:
+    """Exact sums allow any GEMM arrangement; float scales take the one BLAS rounds as Brevitas'."""
     from qbench.quant.fast_lstm import _layer
 
-    for scale_type, hoisted in (("po2", True), ("float", False)):
+    for scale_type, exact in (("po2", True), ("float", False)):
         q = _model(QuantConfig(scale_type=scale_type))
         cell = q.layers[0][0]
         with torch.no_grad():
-            assert _layer(cell, cell.maybe_quantize_input(_inputs(0))).hoist is hoisted
+            assert _layer(cell, cell.maybe_quantize_input(_inputs(0))).exact is exact
+
+
+@pytest.mark.parametrize("arrangement", [(False, False), (True, False), (False, True)])
+def test_every_gemm_arrangement_is_stock_brevitas(arrangement, monkeypatch) -> None:
+    """Whichever arrangement the BLAS check picks on a CPU, the forward is Brevitas'."""
+    from qbench.quant import fast_lstm
+
+    monkeypatch.setattr(fast_lstm, "_blas_arrangement", lambda *shape: arrangement)
+    q = _model(QuantConfig(weight_bits=6, scale_type="float"), layers=2, seed=4)
+    x = _inputs(4)
+    stock, stock_grads = _run(q, x, None, fast=False, grads=True)
+    fast, fast_grads = _run(q, x, None, fast=True, grads=True)
+    _assert_same_forward(stock, fast, q)
+    _assert_close_grads(stock_grads, fast_grads)
+
+
+def test_blas_arrangement_is_checked_once_per_shape() -> None:
+    from qbench.quant import fast_lstm
+
+    found = fast_lstm._blas_arrangement(5, 7, 12, 24)
+    assert all(isinstance(v, bool) for v in found)
+    assert fast_lstm._ARRANGEMENTS[(5, 7, 12, 24, torch.get_num_threads())] == found
 
 
 @pytest.mark.parametrize("rounding", ["floor", "round_to_zero"])
@@ -308,7 +330,7 @@ def _cell_problem(seed: int, batch: int = 3, hidden: int = 24, steps: int = 4):
     codes = np.arange(-128, 128, dtype=f32)
     act_pre = np.stack([1 / (1 + np.exp(-codes * scale[k])) if k != 2 else np.tanh(codes * scale[k]) for k in range(4)]).astype(f32)
     tanh_pre = np.tanh(np.arange(-32768, 32768, dtype=f32) * scale[8]).astype(f32)
-    xw = rng.normal(0, 1, (steps, 4, batch, hidden)).astype(f32)
+    xw = rng.normal(0, 1, (steps, batch, 4 * hidden)).astype(f32)
     hu = rng.normal(0, 1, (4 * batch, hidden)).astype(f32)
     bias = rng.normal(0, 0.1, (4, hidden)).astype(f32)
     state = (rng.uniform(-1, 1, (batch, hidden)).astype(f32), rng.uniform(-1, 1, (batch, hidden)).astype(f32))

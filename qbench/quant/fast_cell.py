@@ -87,7 +87,7 @@ def cell_forward(t, ts, xw, hu, hu_gate_major, bias, h, c, out, scale, lo, hi, m
                  act_pre, act_lo, tanh_pre, tanh_lo, act, code, rows, saved):
     """Step ``t`` of one layer, in place: ``h``, ``c`` (B, H) become step t's states, ``out[:, t] = h``.
 
-    ``xw`` (T, 4, B, H): the input products ``W_k x_t``; ``hu``: the recurrent products ``U_k h``,
+    ``xw`` (T, B, 4H): the input products ``W_k x_t``; ``hu``: the recurrent products ``U_k h``,
     (4B, H) when ``hu_gate_major`` else (B, 4H); ``bias`` (4, H). The gate accumulator is
     ``(W x + U h) + b``, Brevitas' order. ``act_pre[k, code - act_lo]`` and
     ``tanh_pre[code - tanh_lo]`` are the activations of each code, quantized here. ``act``
@@ -102,7 +102,7 @@ def cell_forward(t, ts, xw, hu, hu_gate_major, bias, h, c, out, scale, lo, hi, m
             row = k * batch + b if hu_gate_major else b
             col = 0 if hu_gate_major else k * hidden
             for j in range(hidden):  # vectorised
-                a = np.float32(np.float32(xw[t, k, b, j] + hu[row, col + j]) + bias[k, j])
+                a = np.float32(np.float32(xw[t, b, k * hidden + j] + hu[row, col + j]) + bias[k, j])
                 y = np.float32(a / s)
                 code[b, j] = np.int32(_code(y, q_lo, q_hi, q_mode)) - act_lo
                 saved[ts, Y_ACC + k, b, j] = y

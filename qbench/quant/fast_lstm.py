@@ -21,11 +21,11 @@ in the last ulp), but their inputs are quantized codes: each is evaluated by ATe
 of its input quantizer once per forward (:func:`_tables`), and a table is used only where both
 ATen paths give every code the same quantized output; otherwise (rare: a last-ulp difference
 straddling a rounding boundary) that forward runs Brevitas'. The gate products keep Brevitas'
-arrangement: per gate ``W_i x_t`` and ``W_h h`` with the same shapes, summed ``(W x + U h) + b``,
-because BLAS rounds a hoisted ``(T*B, F)`` product differently from the per-step ``(B, F)`` one
-(measured on MKL: different for most batch sizes). When every product is exact (power-of-two
-scales and codes small enough that any summation order is exact in float32,
-:func:`_exact_products`) the input projection of all steps is one matrix product before the loop.
+roundings: Brevitas sums per gate ``(W_k x_t + U_k h) + b_k`` from per-step, per-gate GEMMs, and
+the input product of all steps and gates runs as one GEMM, the recurrent product of the four gates
+as one per step, only where BLAS rounds them the same way at these shapes (checked once per process
+on random operands, :func:`_blas_arrangement`) or every product is exact (power-of-two scales and
+codes small enough that any summation order is exact in float32, :func:`_exact_products`).
 In inference (eval mode, autograd off) the quantized weights and tables of the last forward are
 reused while no parameter or buffer has changed (:func:`_frozen_state`).
 
@@ -36,8 +36,8 @@ scale), nor with a quantizer disabled (calibration), in export mode, with hooks 
 inputs. Then, and when ``QbenchQuantLSTM.fast_path`` is False, the stock Brevitas forward runs;
 ``QbenchQuantLSTM.fast_path_declined`` says why.
 
-Measured (``tests/benchmarks/test_bench_qat.py``, batch 64, 75 steps, hidden 64, one thread): a
-QAT step 14-15x and an inference call 23-24x faster than Brevitas' own forward.
+Measured (``tests/benchmarks/test_bench_qat.py``, batch 64, 75 steps, hidden 64, one thread, AVX-512):
+a QAT step 11-12x and an inference call 22-25x faster than Brevitas' own forward.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from brevitas.core.function_wrapper import FloorSte, RoundSte, RoundToZeroSte
 from brevitas.core.function_wrapper.clamp import TensorClamp
 from brevitas.core.quant import RescalingIntQuant
@@ -78,33 +79,43 @@ EXACT_FLOAT32_SUM = 1 << 24  # integers below this are exact in float32, so are 
 
 def why_not_fast(qlstm: nn.Module) -> str | None:
     """Why the fast path would not reproduce ``qlstm``'s Brevitas forward now, or None when it would."""
+    return _survey(qlstm, collect=False)[0]
+
+
+def _survey(qlstm: nn.Module, *, collect: bool) -> tuple[str | None, list[Tensor]]:
+    """:func:`why_not_fast`'s answer and, with ``collect``, every parameter and buffer of
+    ``qlstm`` (what :func:`_frozen_state` keys on), in one walk over its modules."""
     if not getattr(qlstm, "fast_path", True):
-        return "fast_path is off"
+        return "fast_path is off", []
     if getattr(qlstm, "export_mode", False):
-        return "export mode"
+        return "export mode", []
     for layer in qlstm.layers:
         if len(layer) != 1:
-            return "bidirectional"
+            return "bidirectional", []
         cell = layer[0]
         if cell.export_mode or cell.cifg or cell.reverse_input or not cell.cell.batch_first:
-            return "export mode, coupled gates, reversed or time-major input"
+            return "export mode, coupled gates, reversed or time-major input", []
         for name, activation in _ACTIVATION.items():
             reason = _why_not_act(getattr(cell.cell, name), activation)
             if reason is not None:
-                return f"{name}: {reason}"
+                return f"{name}: {reason}", []
         for gate in _GATES:
             params = getattr(cell, f"{gate}_gate_params")
             if not params.input_weight.weight_quant.is_quant_enabled:
-                return f"{gate} weight quantizer disabled"
+                return f"{gate} weight quantizer disabled", []
             if params.bias is not None and not params.bias_quant.is_quant_enabled:
-                return f"{gate} bias quantizer disabled"
+                return f"{gate} bias quantizer disabled", []
+    tensors = [*qlstm._parameters.values(), *qlstm._buffers.values()] if collect else []
     for module in _walk(qlstm.layers):
         if module._forward_hooks or module._forward_pre_hooks:
-            return f"hooks on {type(module).__name__}"
+            return f"hooks on {type(module).__name__}", []
         if isinstance(module, ParameterFromRuntimeStatsScaling) and module.training \
                 and module.counter < module.collect_stats_steps:
-            return "an activation quantizer is collecting statistics"
-    return None
+            return "an activation quantizer is collecting statistics", []
+        if collect:
+            tensors += module._parameters.values()
+            tensors += module._buffers.values()
+    return None, [t for t in tensors if t is not None]
 
 
 def _walk(module: nn.Module):
@@ -190,7 +201,7 @@ class _Layer:
     cell: _Quant  # f*c, i*g and c_t
     tanh: _Quant  # tanh(c_t)
     io: _Quant  # h_t
-    hoist: bool  # every gate sum is exact (_exact_products): W_ih x for all steps in one product
+    exact: bool  # every gate sum is exact in float32 in any order (_exact_products)
 
 
 def _layer(cell: nn.Module, quant_input: IntQuantTensor) -> _Layer:
@@ -210,7 +221,7 @@ def _layer(cell: nn.Module, quant_input: IntQuantTensor) -> _Layer:
         cell=_resolve([c.cell_state_quant], probe),
         tanh=_resolve([c.hidden_state_tanh_quant], probe),
         io=_resolve([c.output_quant], probe),
-        hoist=_exact_products(quant_input, quant_weights, cell.input_size + cell.hidden_size),
+        exact=_exact_products(quant_input, quant_weights, cell.input_size + cell.hidden_size),
     )
 
 
@@ -316,13 +327,16 @@ def fast_forward(qlstm: nn.Module, inp: Tensor, hx: tuple[Tensor, Tensor] | None
                  ) -> tuple[Tensor, tuple[Tensor, Tensor]] | str:
     """``QbenchQuantLSTM``'s forward after its input division: ``inp`` (B, T, F) float ->
     ``(output (B, T, H), (h_n, c_n) each (L, B, H))``, the values the stock Brevitas forward
-    returns; or, when this forward cannot reproduce them, the reason (then run Brevitas').
-
-    Call only when :func:`why_not_fast` returns None.
+    returns; or, when this forward cannot reproduce them, the reason (then run Brevitas'): one of
+    :func:`why_not_fast`'s, a float64 input, or an ambiguous activation table.
     """
+    inference = not qlstm.training and not torch.is_grad_enabled()
+    reason, tensors = _survey(qlstm, collect=inference)
+    if reason is not None:
+        return reason
     if inp.dtype != torch.float32:
         return f"{inp.dtype} input (the compiled cell is float32)"
-    state = _frozen_state(qlstm)
+    state = _frozen_state(tensors) if inference else None
     cached = _PLANS.get(qlstm)
     plans = cached[1] if state is not None and cached is not None and cached[0] == state[0] else []
     quant_input = qlstm.layers[0][0].maybe_quantize_input(inp)  # the shared io quantizer, whole sequence
@@ -358,13 +372,11 @@ _PLANS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionar
 state they were computed from (each parameter's and buffer's identity, version and storage)."""
 
 
-def _frozen_state(qlstm: nn.Module) -> tuple[tuple, list[Tensor]] | None:
+def _frozen_state(tensors: list[Tensor]) -> tuple[tuple, list[Tensor]]:
     """What the quantized weights and tables depend on, when they may be reused: an inference
-    forward (eval mode, autograd off) reuses those of the last one while no parameter or buffer has
-    been replaced or changed in place (an optimizer step, ``load_state_dict``, ``fit_input_scale``)."""
-    if qlstm.training or torch.is_grad_enabled():
-        return None
-    tensors = [t for m in _walk(qlstm) for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
+    forward (eval mode, autograd off) reuses those of the last one while none of the module's
+    ``tensors`` (every parameter and buffer) has been replaced or changed in place (an optimizer
+    step, ``load_state_dict``, ``fit_input_scale``)."""
     return tuple((id(t), t._version, t.data_ptr()) for t in tensors), tensors
 
 
@@ -378,6 +390,60 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 _scratch = threading.local()
+
+
+_POOL: dict[tuple[int, ...], list[np.ndarray]] = {}
+_POOL_LOCK = threading.Lock()
+POOL_KEPT = 4  # arrays kept per shape: a training loop holds two graphs at a time (the last and the next)
+
+
+def _pooled(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array for a forward's saved operands: a released one of this shape, else a new one
+    (a fresh array of many megabytes costs its page faults, a tenth of a QAT step)."""
+    with _POOL_LOCK:
+        free = _POOL.get(shape)
+        if free:
+            return free.pop()
+    return np.empty(shape, np.float32)
+
+
+def _release(array: np.ndarray) -> None:
+    """Return a saved-operands array once its autograd graph is gone (any thread: the collector's)."""
+    if array.nbytes > SCRATCH_KEPT_BYTES:
+        return
+    with _POOL_LOCK:
+        free = _POOL.setdefault(array.shape, [])
+        if len(free) < POOL_KEPT:
+            free.append(array)
+
+
+_ARRANGEMENTS: dict[tuple[int, ...], tuple[bool, bool]] = {}
+
+
+def _blas_arrangement(batch: int, steps: int, features: int, hidden: int) -> tuple[bool, bool]:
+    """Whether BLAS rounds these shapes' fewer, larger gate products as it rounds Brevitas' own:
+    ``(hoist, stack)``, the input product of every step and gate in one GEMM, the recurrent
+    product of the four gates in one GEMM.
+
+    Brevitas calls ``F.linear(x_t, W_k)`` and ``F.linear(h, U_k)`` per step and gate. A GEMM's
+    summation order is a property of its code path (shapes, strides, ISA, threads), not of the
+    values, so the two arrangements are compared once per process on random operands of these
+    shapes and layouts: equal results mean the same roundings (measured with MKL on AVX-512: the
+    hoisted product matches except at batch 1, the stacked one everywhere).
+    """
+    key = (batch, steps, features, hidden, torch.get_num_threads())
+    if key not in _ARRANGEMENTS:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, steps, features, generator=g)
+        w, u = torch.randn(4, hidden, features, generator=g), torch.randn(4, hidden, hidden, generator=g)
+        h = torch.randn(batch, hidden, generator=g)
+        with torch.no_grad():
+            per_step = torch.stack([torch.cat([F.linear(x_t, w_k) for w_k in w], 1) for x_t in x.unbind(1)])
+            hoisted = torch.mm(x.transpose(0, 1).reshape(steps * batch, features), w.reshape(-1, features).t())
+            per_gate = torch.cat([F.linear(h, u_k) for u_k in u], 1)
+            stacked = torch.mm(h, u.reshape(-1, hidden).t())
+        _ARRANGEMENTS[key] = (torch.equal(per_step.view(steps * batch, -1), hoisted), torch.equal(per_gate, stacked))
+    return _ARRANGEMENTS[key]
 
 
 SCRATCH_KEPT_BYTES = 64 << 20
@@ -403,8 +469,8 @@ class _LayerFn(torch.autograd.Function):
     Inputs: ``x`` (B, T, F) quantized layer input, ``h0``/``c0`` (B, H) quantized states, the
     stacked fake-quantized ``w_ih`` (4, H, F), ``w_hh`` (4, H, H), ``bias`` (4, 1, H), and the
     scales of the layer's quantizers; outputs ``(B, T, H)`` hidden states, last ``h`` and ``c``.
-    The gate products run in PyTorch in Brevitas' shapes (or hoisted where exact), the rest of
-    each step in :func:`~qbench.quant.fast_cell.cell_forward`.
+    The gate products run in PyTorch (:func:`_blas_arrangement`), the rest of each step in
+    :func:`~qbench.quant.fast_cell.cell_forward`.
     """
 
     @staticmethod
@@ -412,22 +478,31 @@ class _LayerFn(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         batch, steps, _ = x.shape
         hidden = w_hh.shape[1]
-        xw = _scratch_tensor("xw", (steps, 4, batch, hidden))
-        if p.hoist:  # exact sums: one product for every step, (T, 4, B, H)
-            torch.matmul(x.transpose(0, 1).unsqueeze(1), w_ih.transpose(1, 2).unsqueeze(0), out=xw)
-            w_hh_t = w_hh.reshape(-1, hidden).t()  # (H, 4H)
-        else:  # Brevitas' arrangement, gate by gate: BLAS rounds other shapes differently
-            w_ih_t, w_hh_t = [w.t() for w in w_ih.unbind(0)], [w.t() for w in w_hh.unbind(0)]
-            xw_k = iter(xw.view(4 * steps, batch, hidden).unbind(0))
-            for x_t in x.unbind(1):
-                for w in w_ih_t:
-                    torch.mm(x_t, w, out=next(xw_k))
+        hoist, stack = (True, True) if p.exact else _blas_arrangement(batch, steps, x.shape[2], hidden)
+        xw = _scratch_tensor("xw", (steps, batch, 4 * hidden))  # W_k x_t of every step and gate
+        if hoist:  # one product for every step and gate
+            torch.mm(x.transpose(0, 1).reshape(steps * batch, -1), w_ih.reshape(4 * hidden, -1).t(),
+                     out=xw.view(steps * batch, 4 * hidden))
+        else:  # Brevitas' arrangement: step by step, gate by gate
+            w_ih_t = [w.t() for w in w_ih.unbind(0)]
+            for x_t, xw_t in zip(x.unbind(1), xw.unbind(0)):
+                for k, w in enumerate(w_ih_t):
+                    torch.mm(x_t, w, out=xw_t[:, k * hidden:(k + 1) * hidden])
+        if stack:
+            w_hh_t = w_hh.reshape(4 * hidden, hidden).t()  # (H, 4H)
+            hu = _scratch_tensor("hu", (batch, 4 * hidden))
+            hu_np = hu.numpy()
+        else:
+            w_hh_t = [w.t() for w in w_hh.unbind(0)]
             hu = _scratch_tensor("hu", (4, batch, hidden))
             hu_k, hu_np = hu.unbind(0), hu.numpy().reshape(4 * batch, hidden)
         h, c = h0.clone().contiguous(), c0.clone().contiguous()
         out = x.new_empty(batch, steps, hidden)
-        saved = np.empty((steps, SAVED, batch, hidden), np.float32) if save else \
-            _scratch_tensor("saved", (1, SAVED, batch, hidden)).numpy()
+        if save:
+            saved = _pooled((steps, SAVED, batch, hidden))
+            weakref.finalize(ctx, _release, saved)  # back to the pool when the graph is freed
+        else:
+            saved = _scratch_tensor("saved", (1, SAVED, batch, hidden)).numpy()
         scratch = (_scratch_tensor("act", (4, batch, hidden)).numpy(),
                    _scratch_tensor("code", (batch, hidden)).view(torch.int32).numpy(),
                    _scratch_tensor("rows", (4, hidden)).numpy())
@@ -435,12 +510,12 @@ class _LayerFn(torch.autograd.Function):
                  tab.mode, tab.act_pre, tab.act_lo, tab.tanh_pre, tab.tanh_lo, *scratch, saved)
         xw_np = _np(xw)
         for t in range(steps):
-            if p.hoist:
-                hu_np = torch.mm(h, w_hh_t).numpy()  # (B, 4H)
+            if stack:
+                torch.mm(h, w_hh_t, out=hu)  # (B, 4H)
             else:
                 for k in range(4):
                     torch.mm(h, w_hh_t[k], out=hu_k[k])
-            cell_forward(t, t if save else 0, xw_np, hu_np, not p.hoist, *state)
+            cell_forward(t, t if save else 0, xw_np, hu_np, not stack, *state)
         if save:
             ctx.p, ctx.tab, ctx.saved = p, tab, saved
             ctx.save_for_backward(x, h0, w_ih, w_hh, out)
@@ -457,11 +532,12 @@ class _LayerFn(torch.autograd.Function):
         d_gates = x.new_empty(batch, steps, 4 * hidden)  # (B, T, 4H): each step's rows, then one GEMM per weight
         terms = np.zeros(QUANTIZERS, np.float32)
         rout = np.empty((5, hidden), np.float32)
-        grad_out_np = _np(grad_out.contiguous())
+        args = (_np(grad_out.contiguous()), dh.numpy(), dc.numpy(), d_gates.numpy(), terms, tab.scale, tab.lo, tab.hi,
+                tab.mode, sv, rout)
+        d_steps = d_gates.unbind(1)
         for t in reversed(range(steps)):
-            cell_backward(t, grad_out_np, dh.numpy(), dc.numpy(), d_gates.numpy(), terms, tab.scale, tab.lo, tab.hi,
-                          tab.mode, sv, rout)
-            torch.mm(d_gates[:, t], w_hh_flat, out=dh)
+            cell_backward(t, *args)
+            torch.mm(d_steps[t], w_hh_flat, out=dh)
         rows = d_gates.reshape(batch * steps, 4 * hidden)
         h_prev = torch.cat([h0.detach().unsqueeze(1), out[:, :-1]], 1).reshape(batch * steps, hidden)
         grad_x = torch.mm(rows, w_ih.detach().reshape(4 * hidden, -1)).reshape(x.shape)

@@ -89,15 +89,14 @@ class QbenchQuantLSTM(QuantLSTM):
         self, inp: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``inp`` (B, T, F) float -> ``(output (B, T, H), (h_n, c_n) each (L, B, H))``."""
-        from qbench.quant.fast_lstm import fast_forward, why_not_fast
+        from qbench.quant.fast_lstm import fast_forward
 
         inp = inp / self.input_scale  # W_ih carries the factor (see fit_input_scale)
-        self.fast_path_declined = why_not_fast(self)
-        if self.fast_path_declined is None:
-            result = fast_forward(self, inp, hx)
-            if not isinstance(result, str):
-                return result
-            self.fast_path_declined = result
+        result = fast_forward(self, inp, hx)
+        if not isinstance(result, str):
+            self.fast_path_declined = None
+            return result
+        self.fast_path_declined = result
         if hx is None:
             return super().forward(inp)
         # Brevitas 0.13 reads layer l's initial state at index 2*l even when unidirectional

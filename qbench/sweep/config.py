@@ -53,7 +53,7 @@ DEFAULT_TEST_CLIPS = 3000  # a paired +-1 point interval needs 1,000-2,000 clips
 def _default_qat_train() -> TrainConfig:
     # QAT fine-tunes the calibrated PTQ model for whole epochs, distilled as its fp32 student was,
     # at a tenth of the students' rate on a cosine schedule. qbench's fast QuantLSTM forward
-    # (qbench.quant.fast_lstm: a QAT step about 14x faster than Brevitas' step-by-step cell) makes whole
+    # (qbench.quant.fast_lstm: a QAT step 11-12x faster than Brevitas' step-by-step cell) makes whole
     # LSTM epochs affordable.
     # The calibrated PTQ model competes as epoch 0, so QAT never ends worse on validation than PTQ
     # (at 3 epochs, DS-CNN w8a8 QAT had come out 0.4 points worse than its PTQ start).
