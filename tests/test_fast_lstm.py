@@ -369,3 +369,22 @@ def test_cell_kernels_match_their_python(mode: int) -> None:
     assert len(np.unique(compiled[0])) > 3  # the problem exercises the quantizers
     for a, b_ in zip(compiled[4:], python[4:]):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5 * float(np.abs(b_).max()))
+
+
+def test_inference_mode_then_no_grad_share_the_kept_state() -> None:
+    """Scoring runs under ``torch.inference_mode``, export and conformance under ``no_grad`` in the
+    same process (a Ray worker does both): buffers and quantized weights kept by the one must not
+    be inference tensors the other cannot write or save."""
+    q = _model(QuantConfig(weight_bits=4, scale_type="float"), layers=2)
+    q.eval()
+    x = _inputs(51, batch=BATCH + 4)  # a shape no earlier forward of this process allocated for
+    with torch.inference_mode():
+        first = q(x)
+    with torch.no_grad():
+        second = q(x)
+    expected = _run(q, x, None, fast=False, grads=False)[0]
+    for got in (first, second):
+        _assert_same_forward(expected, (got[0], *got[1]), q)
+    q.train()  # and a training forward after both
+    out, _ = q(x)
+    out.sum().backward()

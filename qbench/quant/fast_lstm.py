@@ -456,7 +456,8 @@ def _scratch_tensor(name: str, shape: tuple[int, ...]) -> Tensor:
     its page faults on every call)."""
     buffers = _scratch.__dict__.setdefault("buffers", {})
     if name not in buffers or buffers[name].shape != shape:
-        buffer = torch.empty(shape)
+        with torch.inference_mode(False):  # a normal tensor: writable by later forwards in any mode
+            buffer = torch.empty(shape)
         if buffer.numel() * buffer.element_size() > SCRATCH_KEPT_BYTES:
             return buffer
         buffers[name] = buffer
