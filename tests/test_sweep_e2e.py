@@ -83,3 +83,16 @@ def test_every_scored_record_carries_its_intervals_and_lstm_clipping(quick_sweep
             assert 0 <= r["train"]["train_split"]["error"] <= 1  # did it learn: train error beside test error
     table = (out / "results.md").read_text()
     assert "[95 % CI]" in table and "paired 95 % CI" in table
+
+
+def test_a_quick_sweep_without_latency_succeeds(tmp_path):
+    """Without latency the first LSTM forwards of a process run under torch.inference_mode
+    (scoring), the export's after them under no_grad: the fast QuantLSTM's kept buffers must serve
+    both (12 of 42 points of the ARM job's quick sweep failed on this before it was fixed)."""
+    argv = ["sweep", "--quick", "--models", "lstm", "--bits", "4", "--distill", "none", "--threads", "1",
+            "--backends", "torch,onnxruntime", "--no-latency", "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    assert {r["status"] for r in doc["records"]} == {STATUS_OK}
+    assert {r["backend"] for r in doc["records"] if r["method"] == "qat"} == {"torch", "onnxruntime"}
