@@ -276,12 +276,12 @@ def test_inference_reuses_quantized_weights_until_a_parameter_changes() -> None:
 
 
 def test_an_activation_code_that_depends_on_the_aten_path_runs_stock_brevitas(monkeypatch) -> None:
-    from qbench.quant import fast_lstm
+    from qbench.quant import fast_tables
 
     q = _model(QuantConfig(scale_type="float"))
     x = _inputs(31)
     expected = _run(q, x, None, fast=False, grads=False)[0]
-    monkeypatch.setattr(fast_lstm, "_table", lambda *args: None)
+    monkeypatch.setattr(fast_tables, "_table", lambda *args: None)
     q.fast_path = True
     with torch.no_grad():
         out, (h, c) = q(x)
@@ -292,7 +292,7 @@ def test_an_activation_code_that_depends_on_the_aten_path_runs_stock_brevitas(mo
 def test_table_declines_an_input_whose_code_depends_on_the_aten_path() -> None:
     """Where ATen's vector and scalar sigmoid differ in the last ulp, a scale that puts the scalar
     value exactly on a rounding tie gives the two paths different codes: no table."""
-    from qbench.quant.fast_lstm import _table
+    from qbench.quant.fast_tables import _table
 
     inputs = torch.linspace(-8, 8, 1 << 16)
     padded = torch.zeros(2 * len(inputs))

@@ -2,7 +2,7 @@
 that computes what Brevitas 0.13's ``QuantLSTM`` computes.
 
 Brevitas stays the definition of the quantized LSTM: its quantizers, scales and state dict. Its
-own forward (``_QuantLSTMLayer`` with its ``fast_cell``) calls a full quantizer proxy for each of
+own forward (``QuantLSTMLayer`` with its ``fast_cell``) calls a full quantizer proxy for each of
 the 13 quantized tensors of every step, and each call re-derives its scale, bit width and integer
 range through a dozen small modules; that bookkeeping, not the arithmetic, is what costs seconds
 per batch. Here every quantizer's scale, zero point and range are read once per forward, from the
@@ -18,8 +18,8 @@ Identity with Brevitas, not closeness, is the contract: the same float32 operati
 operands. Division, rounding, clamping, sums and products are correctly rounded, so the compiled
 cell computes them as ATen does. sigmoid and tanh are not (ATen's vector and scalar paths differ
 in the last ulp), but their inputs are quantized codes: each is evaluated by ATen over every code
-of its input quantizer once per forward (:func:`_tables`), and a table is used only where both
-ATen paths give every code the same quantized output; otherwise (rare: a last-ulp difference
+of its input quantizer once per forward (:mod:`qbench.quant.fast_tables`), and a table is used
+only where both ATen paths give every code the same quantized output; otherwise (rare: a last-ulp difference
 straddling a rounding boundary) that forward runs Brevitas'. The gate products keep Brevitas'
 roundings: Brevitas sums per gate ``(W_k x_t + U_k h) + b_k`` from per-step, per-gate GEMMs, and
 the input product of all steps and gates runs as one GEMM, the recurrent product of the four gates
@@ -58,8 +58,9 @@ from brevitas.core.zero_point import ZeroZeroPoint
 from brevitas.quant_tensor import IntQuantTensor, _unpack_quant_tensor
 from torch import Tensor, nn
 
-from qbench.quant.fast_cell import (ACC, ACT, CELL, IO, QUANTIZERS, ROUNDING_MODES, SAVED, TANH, cell_backward,
-                                    cell_forward)
+from qbench.quant.fast_cell import ACC, ACT, CELL, IO, QUANTIZERS, SAVED, TANH, cell_backward, cell_forward
+from qbench.quant.fast_tables import Bound, Quant, Tables
+from qbench.quant.fast_tables import tables as fast_tables
 
 __all__ = ["fast_forward", "why_not_fast"]
 
@@ -150,24 +151,7 @@ def _why_not_act(proxy: nn.Module, activation: type[nn.Module]) -> str | None:
 # --- resolving the quantizers once per forward ------------------------------------------------
 
 
-Bound = float | Tensor  # a code bound: one number, or (4, 1, 1) for a stack of four gates
-
-
-@dataclass(frozen=True)
-class _Quant:
-    """An activation quantizer read for one forward: ``clamp(round(x / scale), lo, hi) * scale``.
-
-    ``scale`` keeps its autograd graph to the learned parameter; it is a scalar, or ``(4, 1, 1)``
-    for the four gates' quantizers stacked in gate order.
-    """
-
-    scale: Tensor
-    lo: Bound
-    hi: Bound
-    rounding: str
-
-
-def _resolve(proxies: list[nn.Module], probe: Tensor) -> _Quant:
+def _resolve(proxies: list[nn.Module], probe: Tensor) -> Quant:
     """Read ``proxies`` (one, or four stacked) as Brevitas' ``RescalingIntQuant`` computes them."""
     scales, los, his, roundings = [], [], [], set()
     for proxy in proxies:
@@ -180,13 +164,13 @@ def _resolve(proxies: list[nn.Module], probe: Tensor) -> _Quant:
     if len(roundings) != 1:
         raise ValueError("stacked quantizers must share their rounding")
     if len(proxies) == 1:
-        return _Quant(scales[0], los[0], his[0], roundings.pop())
+        return Quant(scales[0], los[0], his[0], roundings.pop())
     stack = (len(proxies), 1, 1)
 
     def bound(values: list[float]) -> Bound:
         return values[0] if len(set(values)) == 1 else torch.tensor(values, dtype=probe.dtype).view(stack)
 
-    return _Quant(torch.stack(scales).view(stack), bound(los), bound(his), roundings.pop())
+    return Quant(torch.stack(scales).view(stack), bound(los), bound(his), roundings.pop())
 
 
 @dataclass(frozen=True)
@@ -196,11 +180,11 @@ class _Layer:
     w_ih: Tensor  # (4, H, F_in) gate order i, f, g, o
     w_hh: Tensor  # (4, H, H)
     bias: Tensor  # (4, 1, H), zeros without bias
-    acc: _Quant  # the four gate accumulators
-    act: _Quant  # sigmoid, sigmoid, tanh, sigmoid of the four gates
-    cell: _Quant  # f*c, i*g and c_t
-    tanh: _Quant  # tanh(c_t)
-    io: _Quant  # h_t
+    acc: Quant  # the four gate accumulators
+    act: Quant  # sigmoid, sigmoid, tanh, sigmoid of the four gates
+    cell: Quant  # f*c, i*g and c_t
+    tanh: Quant  # tanh(c_t)
+    io: Quant  # h_t
     exact: bool  # every gate sum is exact in float32 in any order (_exact_products)
 
 
@@ -243,83 +227,6 @@ def _is_po2(t: Tensor) -> bool:
     return bool(torch.all(mantissa == 0.5))
 
 
-# --- activation tables ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Tables:
-    """One layer's quantizers as :mod:`qbench.quant.fast_cell` reads them, and its activation tables:
-    ``act_pre[k, code - act_lo]`` the activation of gate ``k`` at an accumulator code,
-    ``tanh_pre[code - tanh_lo]`` tanh at a cell-state code."""
-
-    scale: np.ndarray  # (QUANTIZERS,) float32, numbered as in fast_cell
-    lo: np.ndarray  # (QUANTIZERS,) float32 code bounds
-    hi: np.ndarray
-    mode: np.ndarray  # (QUANTIZERS,) int64 rounding mode
-    act_pre: np.ndarray  # (4, N) float32
-    act_lo: int
-    tanh_pre: np.ndarray  # (M,) float32
-    tanh_lo: int
-
-
-def _per_gate(bound: Bound) -> list[float]:
-    return [bound] * 4 if isinstance(bound, float) else bound.reshape(-1).tolist()
-
-
-def _tables(p: _Layer) -> _Tables | str:
-    """``p``'s tables, or why they would not reproduce Brevitas (a code that depends on ATen's path).
-
-    Brevitas applies sigmoid and tanh to whole (B, H) blocks: ATen's vector path for most
-    elements, its scalar path for a block's tail, and the two differ in the last ulp for some
-    inputs. A table is exact when both paths give every input the same *code* after the
-    activation's quantizer, which is checked here for every entry (a last-ulp difference moves a
-    code only when it straddles a rounding boundary: rare, and then the forward runs Brevitas').
-    """
-    gates = [p.acc, p.act, p.cell, p.tanh, p.io]
-    scale = np.concatenate([_scale(q).reshape(-1).numpy() for q in gates]).astype(np.float32)
-    lo = np.array([*_per_gate(p.acc.lo), *_per_gate(p.act.lo), p.cell.lo, p.tanh.lo, p.io.lo], dtype=np.float32)
-    hi = np.array([*_per_gate(p.acc.hi), *_per_gate(p.act.hi), p.cell.hi, p.tanh.hi, p.io.hi], dtype=np.float32)
-    mode = np.array([ROUNDING_MODES[q.rounding] for q in gates for _ in range(q.scale.numel())])
-    act_lo, act_hi = int(lo[ACC:ACC + 4].min()), int(hi[ACC:ACC + 4].max())
-    codes = torch.arange(act_lo, act_hi + 1, dtype=torch.float32)
-    act = []
-    for k, fn in enumerate((torch.sigmoid, torch.sigmoid, torch.tanh, torch.sigmoid)):
-        table = _table(fn, codes * torch.from_numpy(scale[ACC + k:ACC + k + 1]).reshape(()), ACT + k,
-                       scale, lo, hi, p.act.rounding)
-        if table is None:
-            return f"the {_GATES[k]} gate's activation code depends on ATen's vector or scalar path"
-        act.append(table)
-    tanh_lo = int(lo[CELL])
-    codes = torch.arange(tanh_lo, int(hi[CELL]) + 1, dtype=torch.float32)
-    tanh = _table(torch.tanh, codes * torch.from_numpy(scale[CELL:CELL + 1]).reshape(()), TANH,
-                  scale, lo, hi, p.tanh.rounding)
-    if tanh is None:
-        return "the cell state's tanh code depends on ATen's vector or scalar path"
-    return _Tables(scale, lo, hi, mode, np.stack(act), act_lo, tanh, tanh_lo)
-
-
-_VECTOR_BLOCK = 64  # a multiple of every ATen float vector loop (2 x 16 lanes on AVX-512)
-
-
-def _table(fn, inputs: Tensor, q: int, scale: np.ndarray, lo: np.ndarray, hi: np.ndarray, rounding: str
-           ) -> np.ndarray | None:
-    """``fn`` of every input through ATen's vector path when its scalar path gives every input the
-    same code under quantizer ``q``, else None."""
-    n = len(inputs)
-    padded = inputs.new_zeros(-(-n // _VECTOR_BLOCK) * _VECTOR_BLOCK)
-    padded[:n] = inputs
-    vector = fn(padded)[:n]  # contiguous whole vectors: the vector path
-    strided = inputs.new_zeros(2 * n)
-    strided[::2] = inputs
-    scalar = fn(strided[::2])  # a strided operand takes the scalar path
-    s = torch.from_numpy(scale[q:q + 1]).reshape(())
-
-    def code(pre: Tensor) -> Tensor:
-        return getattr(pre / s, rounding)().clamp_(float(lo[q]), float(hi[q]))
-
-    return vector.numpy() if torch.equal(code(vector), code(scalar)) else None
-
-
 # --- the forward ----------------------------------------------------------------------------------
 
 
@@ -345,7 +252,7 @@ def fast_forward(qlstm: nn.Module, inp: Tensor, hx: tuple[Tensor, Tensor] | None
         cell = layer[0]
         if index == len(plans):
             p = _layer(cell, quant_input)
-            tables = _tables(p)
+            tables = fast_tables(p.acc, p.act, p.cell, p.tanh, p.io)
             if isinstance(tables, str):
                 return tables
             plans.append((p, tables))
@@ -378,11 +285,6 @@ def _frozen_state(tensors: list[Tensor]) -> tuple[tuple, list[Tensor]]:
     ``tensors`` (every parameter and buffer) has been replaced or changed in place (an optimizer
     step, ``load_state_dict``, ``fit_input_scale``)."""
     return tuple((id(t), t._version, t.data_ptr()) for t in tensors), tensors
-
-
-def _scale(q: _Quant) -> Tensor:
-    """The scale detached, 0-d when scalar (ATen's cheapest operand, the same float32 value)."""
-    return q.scale.detach().reshape(()) if q.scale.numel() == 1 else q.scale.detach()
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -475,7 +377,7 @@ class _LayerFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, s_acc, s_act, s_cell, s_tanh, s_io, p: _Layer, tab: _Tables):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias, s_acc, s_act, s_cell, s_tanh, s_io, p: _Layer, tab: Tables):
         save = any(ctx.needs_input_grad)
         batch, steps, _ = x.shape
         hidden = w_hh.shape[1]
