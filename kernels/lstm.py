@@ -75,7 +75,7 @@ class LayerArrays(NamedTuple):
 
 
 PARAM_NAMES = ("gate_min", "gate_max", "cell_min", "cell_max", "io_min", "io_max",
-                "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "float64_gates")
+               "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "float64_gates")
 
 FLOAT64_EXACT = 2**53  # integers below this (and their products by powers of two) are exact in float64
 

@@ -99,6 +99,14 @@ def _assert_close_grads(stock: dict, fast: dict) -> None:
         assert err <= rtol * size + 1e-12, f"{name}: {err} vs max {float(ref.abs().max())}"
 
 
+def _assert_fast_is_stock(q: QbenchQuantLSTM, x: torch.Tensor, hx=None, *, min_codes: int = 2) -> None:
+    """A training forward and backward through both paths: the same outputs and codes, close gradients."""
+    stock, stock_grads = _run(q, x, hx, fast=False, grads=True)
+    fast, fast_grads = _run(q, x, hx, fast=True, grads=True)
+    _assert_same_forward(stock, fast, q, min_codes=min_codes)
+    _assert_close_grads(stock_grads, fast_grads)
+
+
 @pytest.mark.parametrize(("layers", "with_state"), [(1, False), (2, True)])  # every path, half the stock runs
 @pytest.mark.parametrize("scale_type", ["po2", "float"])
 @pytest.mark.parametrize("bits", BITS)
@@ -106,10 +114,7 @@ def test_fast_path_is_stock_brevitas(bits: int, scale_type: str, layers: int, wi
     q = _model(QuantConfig(weight_bits=bits, act_bits=bits, scale_type=scale_type), layers=layers, seed=bits)
     x, hx = _inputs(bits), _state(layers, bits) if with_state else None
     min_codes = 2 if bits >= 6 else 1  # below 6-bit activations some of these random LSTMs output all zeros
-    stock, stock_grads = _run(q, x, hx, fast=False, grads=True)
-    fast, fast_grads = _run(q, x, hx, fast=True, grads=True)
-    _assert_same_forward(stock, fast, q, min_codes=min_codes)
-    _assert_close_grads(stock_grads, fast_grads)
+    _assert_fast_is_stock(q, x, hx, min_codes=min_codes)
     q.eval()
     _assert_same_forward(_run(q, x, hx, fast=False, grads=False)[0], _run(q, x, hx, fast=True, grads=False)[0], q,
                          min_codes=min_codes)
@@ -138,10 +143,7 @@ def test_fast_qat_trained_model_is_stock_brevitas(scale_type: str) -> None:
     assert not torch.equal(before, q.layers[0][0].cell.output_quant.fused_activation_quant_proxy
                            .tensor_quant.scaling_impl.value)  # the learned scales moved
     x = _inputs(300)
-    stock, stock_grads = _run(q, x, None, fast=False, grads=True)
-    fast, fast_grads = _run(q, x, None, fast=True, grads=True)
-    _assert_same_forward(stock, fast, q)
-    _assert_close_grads(stock_grads, fast_grads)
+    _assert_fast_is_stock(q, x)
 
 
 def test_statistics_phase_runs_stock_brevitas() -> None:
@@ -222,10 +224,7 @@ def test_every_gemm_arrangement_is_stock_brevitas(arrangement, monkeypatch) -> N
     monkeypatch.setattr(fast_lstm, "_blas_arrangement", lambda *shape: arrangement)
     q = _model(QuantConfig(weight_bits=6, scale_type="float"), layers=2, seed=4)
     x = _inputs(4)
-    stock, stock_grads = _run(q, x, None, fast=False, grads=True)
-    fast, fast_grads = _run(q, x, None, fast=True, grads=True)
-    _assert_same_forward(stock, fast, q)
-    _assert_close_grads(stock_grads, fast_grads)
+    _assert_fast_is_stock(q, x)
 
 
 def test_blas_arrangement_is_checked_once_per_shape() -> None:
@@ -240,10 +239,7 @@ def test_blas_arrangement_is_checked_once_per_shape() -> None:
 def test_other_rounding_modes_are_stock_brevitas(rounding: str) -> None:
     q = _model(QuantConfig(weight_bits=4, act_bits=6, rounding=rounding), layers=2, seed=11)
     x = _inputs(11)
-    stock, stock_grads = _run(q, x, None, fast=False, grads=True)
-    fast, fast_grads = _run(q, x, None, fast=True, grads=True)
-    _assert_same_forward(stock, fast, q)
-    _assert_close_grads(stock_grads, fast_grads)
+    _assert_fast_is_stock(q, x)
 
 
 def test_inference_reuses_quantized_weights_until_a_parameter_changes() -> None:
@@ -267,7 +263,8 @@ def test_inference_reuses_quantized_weights_until_a_parameter_changes() -> None:
     other = _model(QuantConfig(weight_bits=4, scale_type="float"), layers=2, seed=3)
     q.load_state_dict(other.state_dict())
     other.eval()
-    _assert_same_forward(_run(other, x, None, fast=False, grads=False)[0], _run(q, x, None, fast=True, grads=False)[0], q)
+    expected = _run(other, x, None, fast=False, grads=False)[0]
+    _assert_same_forward(expected, _run(q, x, None, fast=True, grads=False)[0], q)
     kept = fast_lstm._PLANS[q]
     q.train()
     with torch.no_grad():
@@ -328,7 +325,8 @@ def _cell_problem(seed: int, batch: int = 3, hidden: int = 24, steps: int = 4):
     hi = np.array([127] * 4 + [255, 255, 127, 255] + [32767, 127, 127], f32)
     mode = np.zeros(QUANTIZERS, np.int64)
     codes = np.arange(-128, 128, dtype=f32)
-    act_pre = np.stack([1 / (1 + np.exp(-codes * scale[k])) if k != 2 else np.tanh(codes * scale[k]) for k in range(4)]).astype(f32)
+    act_pre = np.stack([np.tanh(codes * scale[k]) if k == 2 else 1 / (1 + np.exp(-codes * scale[k]))
+                        for k in range(4)]).astype(f32)
     tanh_pre = np.tanh(np.arange(-32768, 32768, dtype=f32) * scale[8]).astype(f32)
     xw = rng.normal(0, 1, (steps, batch, 4 * hidden)).astype(f32)
     hu = rng.normal(0, 1, (4 * batch, hidden)).astype(f32)

@@ -19,8 +19,8 @@ operands. Division, rounding, clamping, sums and products are correctly rounded,
 cell computes them as ATen does. sigmoid and tanh are not (ATen's vector and scalar paths differ
 in the last ulp), but their inputs are quantized codes: each is evaluated by ATen over every code
 of its input quantizer once per forward (:mod:`qbench.quant.fast_tables`), and a table is used
-only where both ATen paths give every code the same quantized output; otherwise (rare: a last-ulp difference
-straddling a rounding boundary) that forward runs Brevitas'. The gate products keep Brevitas'
+only where both ATen paths give every code the same quantized output; otherwise (rare: a
+last-ulp difference straddling a rounding boundary) that forward runs Brevitas'. The gate products keep Brevitas'
 roundings: Brevitas sums per gate ``(W_k x_t + U_k h) + b_k`` from per-step, per-gate GEMMs, and
 the input product of all steps and gates runs as one GEMM, the recurrent product of the four gates
 as one per step, only where BLAS rounds them the same way at these shapes (checked once per process
