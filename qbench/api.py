@@ -57,15 +57,21 @@ def stage_points(cfg: SweepConfig, stage: str) -> list[Point]:
     raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
 
-def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None):
+def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None, todo: Sequence[Point] = (),
+            jobs: int = 1):
     """What every point needs, built before any point: the dataset (passed to ``show``), each
-    student checked against its contract, and the teacher when some student is distilled. Raises the one-line error of the first
-    stage that cannot be built. Returns the dataset."""
+    student checked against its contract, and the teacher when some student is distilled. With
+    ``jobs`` > 1, every model the points of ``todo`` need is trained first, ``jobs`` at a time in
+    worker processes (:mod:`qbench.sweep.ahead`; ``pipe.ahead`` says how it went). Raises the
+    one-line error of the first stage that cannot be built. Returns the dataset."""
+    from qbench.sweep.ahead import train_ahead
+
     dataset = pipe.dataset()
     if show is not None:
         show(dataset)
     for model in pipe.cfg.models:
         pipe.check_student(model)
+    pipe.ahead = train_ahead(pipe, list(todo), jobs=jobs)
     if pipe.cfg.needs_teacher:
         pipe.teacher()
     return dataset

@@ -29,19 +29,23 @@ def _shapes(model: nn.Module) -> list[tuple[str, list[int]]]:
     return [(name, list(t.shape)) for name, t in model.state_dict().items()]
 
 
-def teacher_key(name: str, options: dict[str, Any], config: TrainConfig, dataset: FeatureDataset,
-                model: nn.Module) -> str:
-    """Stable 16-hex-digit key of everything that determines a trained teacher's weights."""
+def teacher_key(name: str, options: dict[str, Any], config: TrainConfig, data_key: str, model: nn.Module) -> str:
+    """Stable 16-hex-digit key of everything that determines a trained teacher's weights (``data_key``:
+    its dataset's ``config.key()``)."""
     doc = {"version": TEACHER_CACHE_VERSION, "name": name, "options": options, "layout": _shapes(model),
-           "train": config.to_dict(), "data": dataset.config.key()}
+           "train": config.to_dict(), "data": data_key}
     return cache_key(doc)
 
 
-def teacher_path(name: str, dataset: FeatureDataset, model: nn.Module, *, config: TrainConfig,
+def teacher_path(name: str, data_key: str, shape: dict[str, int], *, config: TrainConfig,
                  cache_dir: Path | str | None = None, options: dict[str, Any] | None = None) -> Path:
-    """Where ``train_teacher`` keeps (or will keep) ``model``, a freshly built teacher ``name``."""
+    """Where ``train_teacher`` keeps (or will keep) teacher ``name`` of ``shape`` (n_mels, n_frames,
+    n_classes), trained on the dataset whose ``config.key()`` is ``data_key``."""
+    options = dict(options or {})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "teachers" / f"teacher-{name}-{teacher_key(name, options or {}, config, dataset, model)}.pt"
+    with torch.random.fork_rng():  # an untrained build for its layout: the caller's random stream stays put
+        key = teacher_key(name, options, config, data_key, models.build_teacher(name, **shape, **options))
+    return root / "teachers" / f"teacher-{name}-{key}.pt"
 
 
 def train_teacher(name: str, dataset: FeatureDataset, *, config: TrainConfig, cache_dir: Path | str | None = None,
@@ -52,7 +56,7 @@ def train_teacher(name: str, dataset: FeatureDataset, *, config: TrainConfig, ca
     with torch.random.fork_rng():  # seed the teacher's initial weights without reseeding the caller
         torch.manual_seed(config.seed)
         teacher = models.build_teacher(name, **shape, **options)
-    path = teacher_path(name, dataset, teacher, config=config, cache_dir=cache_dir, options=options)
+    path = teacher_path(name, dataset.config.key(), shape, config=config, cache_dir=cache_dir, options=options)
     if path.exists():
         entry = torch.load(path, map_location="cpu", weights_only=True)
         teacher.load_state_dict(entry["state_dict"])

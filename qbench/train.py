@@ -139,6 +139,21 @@ def torch_settings(*, threads: int, seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
+@contextlib.contextmanager
+def _channels_last(model: nn.Module) -> Iterator[None]:
+    """Train a model that convolves 2-D maps with its 4-D weights channels-last, and hand it back in
+    the default layout. oneDNN's NHWC convolutions trained the DS-CNN 1.8x faster on one thread (its
+    depthwise backward most of all); the arithmetic is the same up to float summation order."""
+    if not any(p.dim() == 4 for p in model.parameters()):
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 def _targets(split: Split, multilabel: bool) -> Tensor:
     return torch.from_numpy(split.y.astype(np.float32 if multilabel else np.int64))
 
@@ -238,10 +253,11 @@ def train(model: nn.Module, dataset: FeatureDataset, *, config: TrainConfig, tea
     check_classes(dataset)
     start = time.perf_counter()
     with torch_settings(threads=config.threads, seed=config.seed):
-        distill, targets, head = _prepare_distill(model, dataset, teacher, distill)
-        step = _Step(model, distill, targets, head, dataset.multilabel)
-        history, best, state = _fit(model, head, step, dataset, config, progress)
-        model.load_state_dict(state)
+        with _channels_last(model):
+            distill, targets, head = _prepare_distill(model, dataset, teacher, distill)
+            step = _Step(model, distill, targets, head, dataset.multilabel)
+            history, best, state = _fit(model, head, step, dataset, config, progress)
+            model.load_state_dict(state)
         model.eval()
         test = evaluate_model(model, dataset.test, multilabel=dataset.multilabel)
     return TrainResult(model, history, best["epoch"], best["val"], test, time.perf_counter() - start)

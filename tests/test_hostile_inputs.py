@@ -263,7 +263,7 @@ def fake_stages(monkeypatch):
             return {"metrics": {"error": 0.1}}
 
     fake = Fake()
-    monkeypatch.setattr(sweep_command, "_shared_stages", lambda pipeline: lambda todo: None)
+    monkeypatch.setattr(sweep_command, "_shared_stages", lambda pipeline, **_: lambda todo: None)
     monkeypatch.setattr(Pipeline, "measure", lambda self, point: fake.measure(point))
     return fake
 

@@ -86,6 +86,25 @@ def test_training_is_deterministic_for_a_seed() -> None:
     assert not torch.equal(a.model.fc.weight, c.model.fc.weight)
 
 
+def test_a_cnn_trains_channels_last_and_comes_back_in_the_default_layout(monkeypatch) -> None:
+    import qbench.train as training
+
+    seen = []
+    fit = training._fit
+
+    def watching_fit(model, *args, **kwargs):
+        seen.append(model.body[0].weight.is_contiguous(memory_format=torch.channels_last))
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_fit", watching_fit)
+    result = train(_student("dscnn"), toy_dataset(), config=QUICK.replace(epochs=1), progress=False)
+    assert seen == [True]  # oneDNN's NHWC kernels while training
+    assert all(p.is_contiguous() for p in result.model.parameters())  # what export and quantization see
+    a = train(_student("dscnn"), toy_dataset(), config=QUICK.replace(epochs=1), progress=False)
+    for (name, wa), wb in zip(a.model.state_dict().items(), result.model.state_dict().values()):
+        torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=name)  # and still deterministic
+
+
 def test_max_train_batches_caps_an_epoch() -> None:
     result = train(_student(), toy_dataset(), config=QUICK.replace(epochs=1, max_train_batches=2), progress=False)
     assert len(result.history) == 1

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.backends is not None and REFERENCE not in [b.strip() for b in args.backends.split(",")]:
         args.backends = f"{REFERENCE},{args.backends}"
-    cfg, pipe = stage_pipeline(args)
+    cfg, pipe = stage_pipeline(args, stage="export")
     points = stage_points(cfg, "export")
     reference = [p for p in points if p.backend == REFERENCE]
     by_id = {r["id"]: r for r in measure_points(pipe, reference, strict=True)}

@@ -57,7 +57,7 @@ def add_model_arguments(g) -> None:
     g.add_argument("--kd-alpha", type=float, help="weight of the soft-target loss against the labels (default 0.5)")
     g.add_argument("--tkd-lambda", type=float, help="weight of the temporal attention KL (default 1)")
     g.add_argument("--epochs", type=int, help="fp32 student epochs (default 15; lstm 60)")
-    g.add_argument("--teacher-epochs", type=int, help="teacher epochs (default 40)")
+    g.add_argument("--teacher-epochs", type=int, help="teacher epochs (default 20)")
     g.add_argument("--augment", help="students trained with SpecAugment masking (2 time spans of up to 10 frames, "
                    "2 mel spans of up to 4 bands a clip), comma-separated, or 'none' (default: dscnn)")
     g.add_argument("--clip-norm", choices=("clip", "causal", "none"),
@@ -100,6 +100,8 @@ def add_run_arguments(r) -> None:
     r.add_argument("--quick", action="store_true", help="a tiny smoke run: little data, one short epoch each")
     r.add_argument("--cache", type=Path, help="cache for features and trained models (default: $QBENCH_CACHE or ~/.cache/qbench)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--jobs", type=int, help="models trained at once, each in its own process on one thread, before "
+                   "the points are measured here (default: the usable cores; 1: one at a time, in this process)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,10 +124,13 @@ def run(args: argparse.Namespace) -> int:
     executor = make_executor(pipeline) if make_executor is not None else None
     with executor or contextlib.nullcontext():
         doc = run_sweep(cfg, pipeline.measure, out_dir=out_dir, progress=not args.no_progress,
-                        retry_failed=args.retry_failed, fresh=args.fresh, prepare=_shared_stages(pipeline),
-                        executor=executor)
+                        retry_failed=args.retry_failed, fresh=args.fresh,
+                        prepare=_shared_stages(pipeline, jobs=resolve_jobs(args)), executor=executor)
         if executor is not None and (cluster := executor.describe()) is not None:
             doc.provenance["executor"] = cluster  # saved with the stage times, which it qualifies
+        elif pipeline.ahead is not None:
+            doc.provenance["executor"] = {"kind": "local", **pipeline.ahead,
+                                          "run_seconds_stages": "training stages summed over jobs, which overlap"}
     _record_stage_times(doc, pipeline, time.perf_counter() - start)
     written = render(doc)
     failed = [r for r in doc.records if r["status"] != "ok"]
@@ -174,16 +179,30 @@ def _first_line(reason: str | None) -> str:
     return lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
 
 
-def _shared_stages(pipeline):
+def _shared_stages(pipeline, *, jobs: int):
     """``prepare`` for run_sweep: the dataset and (for a distilled grid) the teacher, which every
     point needs, so when either cannot be built the sweep stops with that one reason instead of
-    recording every point as failed with it."""
+    recording every point as failed with it; and every model the points need, ``jobs`` at a time."""
     from qbench.api import prepare as prepare_stages
 
     def prepare(todo) -> None:
-        prepare_stages(pipeline, show=show_data)
+        prepare_stages(pipeline, show=show_data, todo=todo, jobs=jobs)
 
     return prepare
+
+
+def resolve_jobs(args: argparse.Namespace) -> int:
+    """``--jobs``: checked, default the usable cores; 1 under ``--executor ray`` (its tasks run side by side)."""
+    from qbench.errors import ConfigError
+    from qbench.provenance import machine_info
+
+    if args.jobs is not None and not 1 <= args.jobs <= 1024:
+        raise ConfigError(f"--jobs must be between 1 and 1024, got {args.jobs}")
+    if getattr(args, "executor", "local") == "ray":
+        if args.jobs is not None:
+            raise ConfigError("--jobs is for the in-process executor; Ray runs as many tasks as its cluster has CPUs")
+        return 1
+    return args.jobs if args.jobs is not None else machine_info()["usable_cores"]
 
 
 def show_data(dataset) -> None:

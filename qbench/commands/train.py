@@ -35,11 +35,11 @@ def add_model_alias(g) -> None:
     g.add_argument("--model", dest="models", help="alias of --models")
 
 
-def stage_pipeline(args: argparse.Namespace, *, show: bool = True):
+def stage_pipeline(args: argparse.Namespace, *, show: bool = True, stage: str | None = None):
     """(SweepConfig, Pipeline) of the options, with the shared stages built (data, checked students,
     teacher): what every stage command starts from."""
-    from qbench.api import prepare
-    from qbench.commands.sweep import show_data
+    from qbench.api import prepare, stage_points
+    from qbench.commands.sweep import resolve_jobs, show_data
     from qbench.data.config import default_cache_dir
     from qbench.files import writable_dir
     from qbench.sweep.options import config_from_args, validate_names
@@ -49,7 +49,8 @@ def stage_pipeline(args: argparse.Namespace, *, show: bool = True):
     validate_names(cfg)
     cache_dir = writable_dir(args.cache or default_cache_dir(), what="cache folder")
     pipe = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
-    prepare(pipe, show=show_data if show else None)
+    prepare(pipe, show=show_data if show else None, todo=stage_points(cfg, stage) if stage else (),
+            jobs=resolve_jobs(args))
     return cfg, pipe
 
 
@@ -57,7 +58,7 @@ def run_stage(args: argparse.Namespace, stage: str) -> list[dict]:
     """Measure a stage's points (any failure raises: one line, exit 2) and print their table."""
     from qbench.api import measure_points, stage_points, summary_table
 
-    cfg, pipe = stage_pipeline(args)
+    cfg, pipe = stage_pipeline(args, stage=stage)
     records = measure_points(pipe, stage_points(cfg, stage), strict=True)
     print(summary_table(records))
     return records

@@ -49,6 +49,8 @@ class Pipeline:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.progress = progress
         self._memo: dict[tuple, Any] = {}
+        self.holds_dataset = dataset is not None  # in memory only: another process cannot rebuild it
+        self.ahead: dict[str, Any] | None = None  # how models were trained ahead (qbench.sweep.ahead), if they were
         if dataset is not None:
             self._memo[("data",)] = self._memo[("teacher-data",)] = keyed_dataset(dataset)
         self.stage_seconds: dict[str, float] = {}  # wall time per stage in this run (see STAGES)
@@ -76,6 +78,11 @@ class Pipeline:
             self._memo[key] = exc
             raise
         return self._memo[key]
+
+    def fail_stage(self, key: tuple, reason: str) -> None:
+        """Record that stage ``key`` failed elsewhere (a worker process) with ``reason``: the points that
+        need it fail with it, as after a failure here."""
+        self._memo[key] = QbenchError(reason)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -124,6 +131,17 @@ class Pipeline:
         return self.once(("teacher-bytes",), lambda: fp32_size(models.build_teacher(
             self.cfg.teacher, n_mels=ds.n_mels, n_frames=ds.n_frames, n_classes=ds.n_classes,
             **self.cfg.model_options)))
+
+    def teacher_file(self) -> Path:
+        """Where the teacher is cached (trained or not), without building its dataset."""
+        from qbench.teacher_cache import teacher_path
+
+        held = self._memo.get(("teacher-data",))
+        ds = self.dataset()
+        return teacher_path(self.cfg.teacher, (held.config if held is not None else self.cfg.teacher_data).key(),
+                            {"n_mels": ds.n_mels, "n_frames": ds.n_frames, "n_classes": ds.n_classes},
+                            config=self.cfg.teacher_train.replace(seed=self.cfg.seed), cache_dir=self.cache_dir,
+                            options=self.cfg.model_options)
 
     def _student_description(self, model: str, mode: DistillMode, seed: int | None = None) -> dict[str, Any]:
         import models
@@ -213,10 +231,7 @@ class Pipeline:
         seed = self.cfg.seed if seed is None else seed
 
         def make():
-            import models
-
-            key = cache_key(self._student_description(model, mode, seed))
-            path = self.cache_dir / "models" / f"student-{models.file_name(model)}-{key}.pt"
+            path = self.student_path(model, mode, seed)
             if self.checkpoint(model) is not None:
                 return load_or_fit(path, lambda: self._build_student(model, seed),
                                    lambda m: self._load_checkpoint(m, self.checkpoint(model)))
@@ -291,9 +306,10 @@ class Pipeline:
         """Where this QAT model's exported artifacts are written (one folder per QAT model)."""
         return self.cache_dir / "artifacts" / f"{self._file_name(model)}_{bits.name}-{self._qat_key(model, mode, bits)}"
 
-    def student_path(self, model: str, mode: DistillMode) -> Path:
-        """The cache file of the fp32 student (the sweep's seed)."""
-        return self.cache_dir / "models" / f"student-{self._file_name(model)}-{cache_key(self._student_description(model, mode))}.pt"
+    def student_path(self, model: str, mode: DistillMode, seed: int | None = None) -> Path:
+        """The cache file of the fp32 student (``seed`` None: the sweep's seed)."""
+        key = cache_key(self._student_description(model, mode, seed))
+        return self.cache_dir / "models" / f"student-{self._file_name(model)}-{key}.pt"
 
     def qat_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
         """The cache file of the QAT model at ``bits``."""

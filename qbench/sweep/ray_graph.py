@@ -17,28 +17,41 @@ from __future__ import annotations
 import dataclasses
 
 from qbench.distill import DistillMode
+from qbench.quant.precision import Precision
 from qbench.sweep.config import SweepConfig
 from qbench.sweep.plan import Point
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A model a stage task trains (or loads from the cache): the teacher or one fp32 student."""
+    """A model a stage task trains (or loads from the cache): the teacher, one fp32 student, or (trained
+    ahead in-process, :mod:`qbench.sweep.ahead`) one QAT model."""
 
-    kind: str  # "teacher" | "student"
+    kind: str  # "teacher" | "student" | "qat"
     model: str | None = None
     distill: DistillMode | None = None
     seed: int | None = None  # a student's training seed (None: the sweep's own)
+    bits: Precision | None = None  # a QAT model's widths
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kind == "student" and self.distill is not DistillMode.NONE
+        return self.kind != "teacher" and self.distill is not DistillMode.NONE
+
+    @property
+    def key(self) -> tuple:
+        """The stage's :meth:`Pipeline.once` key, its seed unresolved (``("student", "lstm", "kd", None)``)."""
+        if self.kind == "teacher":
+            return ("teacher",)
+        if self.kind == "qat":
+            return ("qat", self.model, self.distill.value, str(self.bits))
+        return ("student", self.model, self.distill.value, self.seed)
 
     def name(self, cfg: SweepConfig) -> str:
         """As :meth:`Pipeline.once` names the stage in a ``StageFailed`` reason (``student/lstm/kd/0``)."""
-        if self.kind == "teacher":
-            return "teacher"
-        return f"student/{self.model}/{self.distill.value}/{cfg.seed if self.seed is None else self.seed}"
+        kind, *rest = self.key
+        if kind == "student":
+            rest[-1] = cfg.seed if self.seed is None else self.seed
+        return "/".join(map(str, [kind, *rest]))
 
 
 TEACHER = Stage("teacher")

@@ -86,7 +86,7 @@ def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
 
 
 def stage_task(spec: TaskSpec, stage: Stage, *upstream: StageOutcome) -> StageOutcome:
-    """Train (or load) ``stage``'s model into the cache."""
+    """Train (or load) ``stage``'s model into the cache (Ray's workers, and :mod:`qbench.sweep.ahead`'s)."""
     name = stage.name(spec.cfg)
     failed = next((o for o in upstream if o.error is not None), None)
     if failed is not None:
@@ -95,12 +95,15 @@ def stage_task(spec: TaskSpec, stage: Stage, *upstream: StageOutcome) -> StageOu
     try:
         if stage.kind == "teacher":
             pipe.teacher()
+        elif stage.kind == "qat":
+            pipe.qat(stage.model, stage.distill, stage.bits)
         else:
             pipe.student(stage.model, stage.distill, stage.seed)
     except Exception as exc:  # a failed stage is data: every point that needs it is recorded failed with it
         if is_environment_error(exc):  # a full disk: the sweep stops, as in-process
             raise QbenchError(f"{name}: {os_error_line(exc)}") from None
-        return StageOutcome(name, f"{type(exc).__name__}: {exc}", traceback.format_exc(), dict(pipe.stage_seconds))
+        trace = None if isinstance(exc, QbenchError) else traceback.format_exc()  # a user error is its one line
+        return StageOutcome(name, f"{type(exc).__name__}: {exc}", trace, dict(pipe.stage_seconds))
     return StageOutcome(name, None, None, dict(pipe.stage_seconds))
 
 

@@ -1,0 +1,128 @@
+"""Training ahead: the in-process sweep's models trained into the cache by worker processes, several
+at once, before its points are measured (``qbench sweep --jobs N``; N defaults to the usable cores).
+
+Training is the sweep's cost, and it trains on one thread per model (``TrainConfig.threads``), so
+one model at a time leaves the other cores idle. Here each model is one task on a pool of ``jobs``
+worker processes: the teacher, each fp32 student and each QAT model, started as soon as the models
+it needs are in the cache (an undistilled student trains beside the teacher, a distilled one after
+it, a QAT model after its student). A worker runs the Ray executor's stage task
+(:func:`qbench.sweep.ray_tasks.stage_task`), which trains exactly as this process would (same seeds,
+same thread count), so the records are those of ``--jobs 1``. The points are then measured here,
+one at a time as before, finding every model in the cache; latency is timed with no training
+beside it.
+
+A stage that fails is recorded for the points that need it, with its reason (as
+:meth:`Pipeline.once` does); a worker that dies leaves its stage to this process, which trains it
+when a point first needs it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from qbench.sweep.pipeline import Pipeline
+from qbench.sweep.plan import Point
+from qbench.sweep.ray_graph import TEACHER, Stage, task_graph
+from qbench.sweep.ray_tasks import StageOutcome, TaskSpec, stage_task
+
+
+def ahead_stages(pipe: Pipeline, todo: list[Point]) -> list[Stage]:
+    """The models ``todo`` needs trained, teacher first: the Ray graph's stages, then one QAT stage per
+    (student, widths), in plan order."""
+    stages, _ = task_graph(pipe.cfg, todo)
+    qat = dict.fromkeys(Stage("qat", p.model, p.distill, bits=p.bits) for p in todo if p.method == "qat")
+    return stages + list(qat)
+
+
+def needs(stage: Stage) -> list[Stage]:
+    """The stages whose models ``stage`` trains from."""
+    upstream = [TEACHER] if stage.needs_teacher else []
+    if stage.kind == "qat":
+        upstream.append(Stage("student", stage.model, stage.distill))
+    return upstream
+
+
+def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int,
+                report: Callable[[str], None] | None = None) -> dict[str, float] | None:
+    """Train what ``todo`` needs and the cache lacks on ``jobs`` processes; failed stages are memoised
+    in ``pipe`` with their reasons. Returns ``{"jobs", "stages", "wall_seconds"}``, or None when
+    there is nothing to run side by side (one job, fewer than two models to train, or a dataset held
+    in memory, which worker processes cannot rebuild)."""
+    if jobs < 2 or pipe.holds_dataset:
+        return None
+    stages = [s for s in ahead_stages(pipe, todo) if not _cached(pipe, s)]
+    if len(stages) < 2:
+        return None
+    report = report or (lambda line: print(line, flush=True))
+    start = time.perf_counter()
+    spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
+    outcomes = _run(spec, stages, jobs, report)
+    for stage, outcome in outcomes.items():
+        for kind, seconds in outcome.stage_seconds.items():  # summed over workers, which overlap
+            pipe.stage_seconds[kind] = pipe.stage_seconds.get(kind, 0.0) + seconds
+        if outcome.error is not None:
+            pipe.fail_stage(_resolved_key(pipe, stage), outcome.error)
+    return {"jobs": jobs, "stages": len(stages), "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _cached(pipe: Pipeline, stage: Stage) -> bool:
+    """Whether ``stage``'s model is in the cache already (a rerun, or a --fresh re-measure)."""
+    if stage.kind == "teacher":
+        return pipe.teacher_file().exists()
+    if stage.kind == "qat":
+        return pipe.qat_path(stage.model, stage.distill, stage.bits).exists()
+    return pipe.student_path(stage.model, stage.distill, stage.seed).exists()
+
+
+def _resolved_key(pipe: Pipeline, stage: Stage) -> tuple:
+    """``stage.key`` as this run's :meth:`Pipeline.once` spells it (a student's seed resolved)."""
+    if stage.kind == "student" and stage.seed is None:
+        return (*stage.key[:3], pipe.cfg.seed)
+    return stage.key
+
+
+def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None]) -> dict[Stage, StageOutcome]:
+    """Each stage's outcome; a stage whose worker died has none (this process trains it later)."""
+    pending, done = list(stages), {}
+    running: dict[Future, tuple[Stage, float]] = {}
+    total = len(stages)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            while pending or running:
+                for stage in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    upstream = [s for s in needs(stage) if s in stages]
+                    if any(s not in done for s in upstream):
+                        continue  # waits for a model still training (or lost with its worker: see below)
+                    pending.remove(stage)
+                    running[pool.submit(stage_task, spec, stage, *(done[s] for s in upstream))] = \
+                        (stage, time.perf_counter())
+                if not running:  # what is left waits on a stage whose worker died
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage, began = running.pop(future)
+                    name = stage.name(spec.cfg)
+                    try:
+                        done[stage] = outcome = future.result()
+                    except BrokenProcessPool as exc:
+                        report(f"ahead: {name}: its worker died ({exc}); this process trains it when needed")
+                        return done
+                    if outcome.traceback:  # not a user error: where it broke, as in-process
+                        print(outcome.traceback, file=sys.stderr, end="")
+                    state = f"trained in {time.perf_counter() - began:.0f} s" if outcome.error is None else \
+                        f"failed: {outcome.error}"
+                    report(f"ahead {len(done)}/{total}: {name} {state}")
+        except BaseException:
+            for future in running:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return done

@@ -1,0 +1,111 @@
+"""Training ahead (``qbench sweep --jobs N``): every model trained once, in worker processes, after what
+it learns from; the same records as one job; a stage that fails in a worker fails its points with
+its reason and the rest of the grid goes on; a rerun with everything cached starts no worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from qbench.cli import main
+from qbench.distill import DistillMode
+from qbench.records import STATUS_OK, ResultsDocument
+from qbench.sweep.ahead import ahead_stages, needs
+from qbench.sweep.config import SweepConfig
+from qbench.sweep.pipeline import Pipeline
+from qbench.sweep.plan import plan_points
+from qbench.sweep.ray_graph import TEACHER, Stage
+from qbench.sweep.run import RESULTS_FILE
+from test_ray_executor import _figures  # what a point measured, less its run's time and provenance
+
+# Both students, distilled and not, so distilled ones and their QAT wait on the teacher; no latency
+# (timed in this process either way) to keep it short.
+QUICK = ["--quick", "--models", "lstm,dscnn", "--bits", "4", "--distill", "none,tkd", "--scale-type", "po2",
+         "--threads", "1", "--no-latency", "--no-progress"]
+
+FAILS_IN_TRAINING = '''
+from torch import nn
+
+
+class Brittle(nn.Module):
+    """Runs in eval mode (the student check); raises once trained."""
+
+    def __init__(self, n_classes):
+        super().__init__()
+        self.fc = nn.Linear(1, n_classes)
+
+    def forward(self, x):
+        if self.training:
+            raise ValueError("brittle: no training")
+        return self.fc(x.mean(dim=(1, 2))[:, None])
+
+
+def build(*, n_mels, n_frames, n_classes):
+    return Brittle(n_classes)
+'''
+
+
+def test_each_model_is_trained_once_after_what_it_learns_from(tmp_path):
+    cfg = SweepConfig(seeds=(1,))
+    pipe = Pipeline(cfg, cache_dir=tmp_path, progress=False)
+    stages = ahead_stages(pipe, plan_points(cfg))
+    assert stages[0] == TEACHER and len(stages) == len(set(stages))
+    qat = {(s.model, s.distill, s.bits) for s in stages if s.kind == "qat"}
+    assert qat == {(m, d, b) for m in cfg.models for d in cfg.qat_distill for b in cfg.precisions()}
+    for stage in stages:
+        upstream = needs(stage)
+        assert all(stages.index(s) < stages.index(stage) for s in upstream)  # listed before what needs it
+        assert (TEACHER in upstream) == (stage.kind != "teacher" and stage.distill is not DistillMode.NONE)
+        if stage.kind == "qat":
+            assert Stage("student", stage.model, stage.distill) in upstream
+    assert Stage("qat", "lstm", DistillMode.TKD, bits=cfg.precisions()[0]).name(cfg) == \
+        f"qat/lstm/tkd/{cfg.precisions()[0]}"  # as Pipeline.once names it in a StageFailed reason
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--jobs", "0"], "--jobs must be between 1 and 1024, got 0"),
+    (["--jobs", "2", "--executor", "ray"], "--jobs is for the in-process executor"),
+])
+def test_bad_jobs_fail_in_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", object())  # as if Ray were installed: --jobs is what is wrong
+    assert main(["sweep", *QUICK, *argv, "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
+    def sweep(name: str, *extra: str) -> ResultsDocument:
+        assert main(["sweep", *QUICK, "--out", str(tmp_path / name), "--cache", str(tmp_path / f"cache-{name}"),
+                     *extra]) == 0
+        return ResultsDocument.load(tmp_path / name / RESULTS_FILE)
+
+    one = sweep("one", "--jobs", "1")
+    ahead = sweep("ahead", "--jobs", "2")
+    out = capsys.readouterr().out
+    assert out.count("ahead ") == 7 and "/7: teacher trained in " in out  # teacher, 4 students, 2 QAT (tkd) models
+    assert [r["id"] for r in ahead.records] == [r["id"] for r in one.records]
+    for ours, theirs in zip(ahead.records, one.records):
+        assert ours["status"] == STATUS_OK, ours["error"]
+        assert _figures(ours) == _figures(theirs), ours["id"]  # trained alike: same errors, sizes, conformance
+    assert ahead.provenance["executor"]["kind"] == "local" and ahead.provenance["executor"]["jobs"] == 2
+    assert "executor" not in one.provenance
+    # everything cached: a re-measure starts no worker
+    again = sweep("ahead", "--jobs", "2", "--fresh")
+    assert "ahead " not in capsys.readouterr().out and "executor" not in again.provenance
+    assert [_figures(r) for r in again.records] == [_figures(r) for r in ahead.records]
+
+
+def test_a_stage_that_fails_in_a_worker_fails_its_points_with_its_reason(tmp_path, capsys):
+    (tmp_path / "brittle.py").write_text(FAILS_IN_TRAINING)
+    argv = ["sweep", *QUICK, "--models", f"lstm,{tmp_path / 'brittle.py'}:build", "--distill", "none",
+            "--backends", "torch", "--jobs", "2", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "brittle.py:build/none/0 failed: ValueError: brittle: no training" in captured.out  # as it happened
+    assert "Traceback" in captured.err  # not a user error: where it broke
+    records = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE).records
+    brittle = [r for r in records if r["model"] != "lstm"]
+    assert brittle and all(r["status"] != STATUS_OK and "brittle: no training" in r["error"] for r in brittle)
+    assert all(r["status"] == STATUS_OK for r in records if r["model"] == "lstm")  # the rest of the grid went on
