@@ -63,3 +63,19 @@ def test_clip_level_is_the_same_number_on_every_runtime(mode: str, tmp_path) -> 
     onnx.checker.check_model(model)
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.requires_openvino
+def test_openvino_keeps_compiled_models_beside_the_artifact(tmp_path) -> None:
+    """A second compile of the same IR and config loads OpenVINO's cached blob and computes the same."""
+    from qbench.export.openvino import CACHE_DIR
+
+    torch.manual_seed(0)
+    model = models.build_student("lstm", n_mels=N_MELS, n_frames=N_FRAMES, n_classes=N_CLASSES).eval()
+    x = np.random.default_rng(0).normal(size=(2, N_FRAMES, N_MELS)).astype(np.float32)
+    art = export_fp32(model, Backend("openvino"), out_dir=tmp_path, example=x)
+    first = runner(art, threads=1)(x)
+    blobs = sorted((art.path.parent / CACHE_DIR).glob("*.blob"))
+    assert blobs and not any(b in art.files for b in blobs)  # cached, and not counted in the file size
+    np.testing.assert_array_equal(runner(art, threads=1)(x), first)
+    assert sorted((art.path.parent / CACHE_DIR).glob("*.blob")) == blobs  # loaded, not compiled anew

@@ -70,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
 def _copy_artifacts(pipe, points, out: Path) -> None:
     """``<out>/<model>_w<W>a<A>/<backend>/``: the artifacts of each exported QAT model."""
     import models
+    from qbench.export.openvino import CACHE_DIR
 
     for p in points:
         src = pipe.artifact_dir(p.model, p.distill, p.bits) / p.backend.value
         if src.is_dir():
             dst = out / f"{models.file_name(p.model)}_{p.precision}" / p.backend.value
-            shutil.copytree(src, dst, dirs_exist_ok=True)
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CACHE_DIR))  # this machine's
     print(f"artifacts copied to {out}")
