@@ -84,7 +84,8 @@ def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
     one = sweep("one", "--jobs", "1")
     ahead = sweep("ahead", "--jobs", "2")
     out = capsys.readouterr().out
-    assert out.count("ahead ") == 7 and "/7: teacher trained in " in out  # teacher, 4 students, 2 QAT (tkd) models
+    assert out.count(" trained in ") == 7 and "/7: teacher trained in " in out  # teacher, 4 students, 2 QAT (tkd)
+    assert out.count(" started\n") == 7 and out.index("ahead: teacher started") < out.index("/7: teacher trained")
     assert [r["id"] for r in ahead.records] == [r["id"] for r in one.records]
     for ours, theirs in zip(ahead.records, one.records):
         assert ours["status"] == STATUS_OK, ours["error"]
@@ -93,7 +94,7 @@ def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
     assert "executor" not in one.provenance
     # everything cached: a re-measure starts no worker
     again = sweep("ahead", "--jobs", "2", "--fresh")
-    assert "ahead " not in capsys.readouterr().out and "executor" not in again.provenance
+    assert "ahead" not in capsys.readouterr().out and "executor" not in again.provenance
     assert [_figures(r) for r in again.records] == [_figures(r) for r in ahead.records]
 
 

@@ -104,6 +104,7 @@ def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str],
                     pending.remove(stage)
                     running[pool.submit(stage_task, spec, stage, *(done[s] for s in upstream))] = \
                         (stage, time.perf_counter())
+                    report(f"ahead: {stage.name(spec.cfg)} started")  # a teacher trains for minutes
                 if not running:  # what is left waits on a stage whose worker died
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
