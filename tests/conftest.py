@@ -9,12 +9,17 @@ A new backend gets its marker without any edit here.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from qbench.backends import Backend, specs
 
 
 def pytest_configure(config) -> None:
+    # Sweeps in tests train in-process unless a test asks for workers (--jobs, tests/test_sweep_ahead.py):
+    # spawning two workers per tiny sweep cost the suite minutes, and monkeypatches do not reach them.
+    os.environ.setdefault("QBENCH_JOBS", "1")
     for spec in specs():
         config.addinivalue_line("markers", f"{spec.marker}: needs {spec.label} ({spec.library or 'qbench'})")
 

@@ -4,6 +4,7 @@ its reason and the rest of the grid goes on; a rerun with everything cached star
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
@@ -63,13 +64,28 @@ def test_each_model_is_trained_once_after_what_it_learns_from(tmp_path):
         f"qat/lstm/tkd/{cfg.precisions()[0]}"  # as Pipeline.once names it in a StageFailed reason
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--jobs", "0"], "--jobs must be between 1 and 1024, got 0"),
-    (["--jobs", "2", "--executor", "ray"], "--jobs is for the in-process executor"),
+def test_jobs_default_to_qbench_jobs_else_the_usable_cores(monkeypatch):
+    from qbench.commands.sweep import resolve_jobs
+    from qbench.provenance import machine_info
+
+    args = argparse.Namespace(jobs=None, executor="local")
+    monkeypatch.setenv("QBENCH_JOBS", "3")
+    assert resolve_jobs(args) == 3
+    monkeypatch.delenv("QBENCH_JOBS")
+    assert resolve_jobs(args) == machine_info()["usable_cores"]
+    assert resolve_jobs(argparse.Namespace(jobs=2, executor="local")) == 2
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--jobs", "0"], None, "--jobs must be between 1 and 1024, got 0"),
+    ([], "many", "$QBENCH_JOBS must be a whole number, got 'many'"),
+    (["--jobs", "2", "--executor", "ray"], None, "--jobs is for the in-process executor"),
 ])
-def test_bad_jobs_fail_in_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+def test_bad_jobs_fail_in_one_line_before_any_work(argv, env, message, tmp_path, capsys, monkeypatch):
     import sys
 
+    if env is not None:
+        monkeypatch.setenv("QBENCH_JOBS", env)
     monkeypatch.setitem(sys.modules, "ray", object())  # as if Ray were installed: --jobs is what is wrong
     assert main(["sweep", *QUICK, *argv, "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err

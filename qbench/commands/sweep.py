@@ -101,7 +101,8 @@ def add_run_arguments(r) -> None:
     r.add_argument("--cache", type=Path, help="cache for features and trained models (default: $QBENCH_CACHE or ~/.cache/qbench)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--jobs", type=int, help="models trained at once, each in its own process on one thread, before "
-                   "the points are measured here (default: the usable cores; 1: one at a time, in this process)")
+                   "the points are measured here (default: $QBENCH_JOBS, else the usable cores; 1: one at a "
+                   "time, in this process)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,18 +192,31 @@ def _shared_stages(pipeline, *, jobs: int):
     return prepare
 
 
+JOBS_ENV = "QBENCH_JOBS"  # the default of --jobs, as QBENCH_CACHE is of --cache
+
+
 def resolve_jobs(args: argparse.Namespace) -> int:
-    """``--jobs``: checked, default the usable cores; 1 under ``--executor ray`` (its tasks run side by side)."""
+    """``--jobs``: checked; default ``$QBENCH_JOBS``, else the usable cores; 1 under ``--executor ray``
+    (its tasks run side by side)."""
+    import os
+
     from qbench.errors import ConfigError
     from qbench.provenance import machine_info
 
-    if args.jobs is not None and not 1 <= args.jobs <= 1024:
-        raise ConfigError(f"--jobs must be between 1 and 1024, got {args.jobs}")
+    jobs, given = args.jobs, "--jobs"
+    if jobs is None and os.environ.get(JOBS_ENV, "").strip():
+        given = f"${JOBS_ENV}"
+        try:
+            jobs = int(os.environ[JOBS_ENV])
+        except ValueError:
+            raise ConfigError(f"{given} must be a whole number, got {os.environ[JOBS_ENV]!r}") from None
+    if jobs is not None and not 1 <= jobs <= 1024:
+        raise ConfigError(f"{given} must be between 1 and 1024, got {jobs}")
     if getattr(args, "executor", "local") == "ray":
         if args.jobs is not None:
             raise ConfigError("--jobs is for the in-process executor; Ray runs as many tasks as its cluster has CPUs")
         return 1
-    return args.jobs if args.jobs is not None else machine_info()["usable_cores"]
+    return jobs if jobs is not None else machine_info()["usable_cores"]
 
 
 def show_data(dataset) -> None:
