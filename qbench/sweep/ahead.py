@@ -67,7 +67,7 @@ def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int,
         for kind, seconds in outcome.stage_seconds.items():  # summed over workers, which overlap
             pipe.stage_seconds[kind] = pipe.stage_seconds.get(kind, 0.0) + seconds
         if outcome.error is not None:
-            pipe.fail_stage(_resolved_key(pipe, stage), outcome.error)
+            pipe.fail_stage(stage.key(pipe.cfg), outcome.error)
     return {"jobs": jobs, "stages": len(stages), "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -78,13 +78,6 @@ def _cached(pipe: Pipeline, stage: Stage) -> bool:
     if stage.kind == "qat":
         return pipe.qat_path(stage.model, stage.distill, stage.bits).exists()
     return pipe.student_path(stage.model, stage.distill, stage.seed).exists()
-
-
-def _resolved_key(pipe: Pipeline, stage: Stage) -> tuple:
-    """``stage.key`` as this run's :meth:`Pipeline.once` spells it (a student's seed resolved)."""
-    if stage.kind == "student" and stage.seed is None:
-        return (*stage.key[:3], pipe.cfg.seed)
-    return stage.key
 
 
 def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None]) -> dict[Stage, StageOutcome]:

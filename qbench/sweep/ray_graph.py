@@ -37,21 +37,17 @@ class Stage:
     def needs_teacher(self) -> bool:
         return self.kind != "teacher" and self.distill is not DistillMode.NONE
 
-    @property
-    def key(self) -> tuple:
-        """The stage's :meth:`Pipeline.once` key, its seed unresolved (``("student", "lstm", "kd", None)``)."""
+    def key(self, cfg: SweepConfig) -> tuple:
+        """The stage's :meth:`Pipeline.once` key in a sweep of ``cfg`` (``("student", "lstm", "kd", 0)``)."""
         if self.kind == "teacher":
             return ("teacher",)
         if self.kind == "qat":
             return ("qat", self.model, self.distill.value, str(self.bits))
-        return ("student", self.model, self.distill.value, self.seed)
+        return ("student", self.model, self.distill.value, cfg.seed if self.seed is None else self.seed)
 
     def name(self, cfg: SweepConfig) -> str:
         """As :meth:`Pipeline.once` names the stage in a ``StageFailed`` reason (``student/lstm/kd/0``)."""
-        kind, *rest = self.key
-        if kind == "student":
-            rest[-1] = cfg.seed if self.seed is None else self.seed
-        return "/".join(map(str, [kind, *rest]))
+        return "/".join(map(str, self.key(cfg)))
 
 
 TEACHER = Stage("teacher")
