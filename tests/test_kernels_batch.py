@@ -1,6 +1,7 @@
 """The batch paths of the LSTM kernel against the NumPy reference: the input projection run
 ahead per chunk of steps (the adding gate products), widened int16 pair blocks, and the
-float64 gate requantization, over random shapes, batch 1 and > 1, po2 and float scales, 2-8 bits."""
+float32/float64 gate and cell requantization, over random shapes, batch 1 and > 1, po2 and float
+scales, 2-8 bits."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from kernels.fixedpoint import requant_params
-from kernels.lstm import (CHUNK_ELEMENTS, _gate_bounds, _gate_indices, _gate_indices_f64, kernel_args, layer_arrays,
-                          lstm_layer_numba)
+from kernels.lstm import (CHUNK_ELEMENTS, PARAM_NAMES, _cell_float_bits, _gate_bounds, _gate_indices,
+                          _gate_indices_real, kernel_args, layer_arrays, lstm_layer_numba)
 from kernels.lstm_ref import lstm_layer_ref
 from kernels.model import IntLSTMModel
 from kernels.simd import (ROWS_PER_BLOCK, block_weights, block_weights_u8, gate_dot_add, gate_dot_u8_add,
@@ -53,6 +54,16 @@ def test_kernel_matches_reference_across_bits_and_shapes(bits: int, po2: bool) -
             _run_both(arrays, x, h, seed=i)
 
 
+def test_weight_blocks_start_on_a_cache_line() -> None:
+    model = _model(13, 16, io_bits=8, wbits=8, po2=False, seed=1)
+    for u8 in (True, False):
+        arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant, u8_inputs=u8)
+        weight = model.layers[0].weight
+        for blocks, part in ((arrays.blocks, weight[:, 13:]), (arrays.input_blocks, weight[:, :13])):
+            assert blocks.ctypes.data % 64 == 0 and blocks.flags.c_contiguous
+            np.testing.assert_array_equal(blocks, (block_weights_u8 if u8 else block_weights)(part))
+
+
 def test_shapes_cover_several_chunks_and_a_short_last_one() -> None:
     f, h, batch, steps = SHAPES[3]
     rows_pad = -(-4 * h // ROWS_PER_BLOCK) * ROWS_PER_BLOCK
@@ -72,36 +83,79 @@ def test_kernel_matches_its_py_func(u8: bool) -> None:
     np.testing.assert_array_equal(states[0][1], states[1][1])
 
 
+def _with(arrays, **params):
+    """``arrays`` with some of its kernel parameters replaced (by PARAM_NAMES)."""
+    values = arrays.params.copy()
+    for name, value in params.items():
+        values[PARAM_NAMES.index(name)] = value
+    return arrays._replace(params=values)
+
+
 def test_int64_gate_path_when_float64_is_not_exact() -> None:
     # a tiny gate multiplier (huge shift) puts the saturation bounds times mult past 2**53
     model = _model(6, 8, io_bits=8, wbits=8, po2=False, seed=5)
     arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant)
-    assert arrays.params[13] == 1  # the test models take the float64 way
+    assert arrays.params[PARAM_NAMES.index("gate_float_bits")] == 64  # float scales: 30-bit multipliers
     mult = np.full(4, 2**30, np.int64)
-    bounds, exact = _gate_bounds(mult, np.full(4, 60, np.int64), -128, 127)
-    assert not exact and bounds.dtype == np.int32
-    params = arrays.params.copy()
-    params[13] = 0  # the int64 way on the same layer gives the same codes
+    bounds, bits = _gate_bounds(mult, np.full(4, 60, np.int64), -128, 127)
+    assert bits == 0 and bounds.dtype == np.int32
     x = np.random.default_rng(6).integers(-128, 128, (4, 12, 6)).astype(np.int16)
-    _run_both(arrays._replace(params=params), x, 8, seed=6)
+    _run_both(_with(arrays, gate_float_bits=0), x, 8, seed=6)  # the int64 way on the same layer: same codes
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_po2_layers_take_float32_and_every_wider_way_agrees(bits: int) -> None:
+    # power-of-two scales: multipliers are 1, so gates and cell run in float32 lanes; forcing
+    # float64 or int64 instead must give the same codes (each checked against the reference)
+    model = _model(24, 16, io_bits=bits, wbits=bits, po2=True, seed=20)  # gate shifts <= 15: float32 gates
+    arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant)
+    assert arrays.params[PARAM_NAMES.index("float32_cell")] == 0  # the fixed-point cell update
+    assert arrays.params[PARAM_NAMES.index("gate_float_bits")] == 32
+    assert arrays.params[PARAM_NAMES.index("cell_float_bits")] == 32
+    io = model.io_quant
+    x = np.random.default_rng(bits).integers(io.qmin, io.qmax + 1, (5, 40, 24)).astype(np.int16)
+    for gate_bits in (32, 64, 0):
+        for cell_bits in (32, 64, 0):
+            _run_both(_with(arrays, gate_float_bits=gate_bits, cell_float_bits=cell_bits), x, 16, seed=bits)
+
+
+def test_cell_float_bits_follow_the_product_bounds() -> None:
+    model = _model(6, 8, io_bits=8, wbits=8, po2=True, seed=7)
+    layer, cell = model.layers[0], model.cell_quant
+    # (mult, shift) of f*c, i*g, o*tanh(c); f is an unsigned 8-bit code, c a 16-bit one: |f * c| <= 255 * 2**15 < 2**23
+    po2 = ((1, 10), (1, 12), (1, 9))
+    assert _cell_float_bits(layer, cell, po2) == 32
+    assert _cell_float_bits(layer, cell, ((3, 10), *po2[1:])) == 64  # 255 * 2**15 * 3 passes 2**24
+    assert _cell_float_bits(layer, cell, ((2**29 + 1, 40), *po2[1:])) == 64  # ... * (2**29 + 1) < 2**53
+    assert _cell_float_bits(layer, cell, ((2**31 - 1, 40), *po2[1:])) == 0  # ... * (2**31 - 1) passes 2**53
+    wide = _spec(24, True, 2.0**-20)  # a 24-bit cell: 255 * 2**23 passes 2**24
+    assert _cell_float_bits(layer, wide, po2) == 64
+    assert _cell_float_bits(layer, cell, ((1, 63), *po2[1:])) == 0  # 1 << 63 is not an int64
+
+
+def test_float_scales_in_the_fixed_point_cell_take_float64() -> None:
+    # float scales with the fixed-point cell forced: 30-bit multipliers, float64 lanes, and the
+    # int64 way on the same layer gives the same codes
+    model = _model(10, 12, io_bits=8, wbits=6, po2=False, seed=8)
+    arrays = layer_arrays(model.layers[0], model.io_quant, model.cell_quant, float32_cell=False)
+    assert arrays.params[PARAM_NAMES.index("cell_float_bits")] == 64
+    x = np.random.default_rng(9).integers(-128, 128, (3, 30, 10)).astype(np.int16)
+    _run_both(arrays, x, 12, seed=9)
+    _run_both(_with(arrays, cell_float_bits=0), x, 12, seed=9)
 
 
 @numba.njit(cache=True)
-def _both_gate_ways(acc, bias, mult, shift, real, bounds, off, lo, hi, idx64, idx_f64):
+def _both_gate_ways(acc, bias, mult, shift, real, bounds, off, lo, hi, idx64, idx_float):
     _gate_indices(acc, bias, mult, shift, off, lo, hi, idx64)
-    _gate_indices_f64(acc, bias, real, bounds, off, lo, hi, idx_f64)
+    _gate_indices_real(acc, bias, real, bounds, off, lo, hi, idx_float)
 
 
-@pytest.mark.parametrize("po2", [True, False])
-@pytest.mark.parametrize("bits", [2, 4, 8])
-def test_float64_gate_requantization_equals_int64(bits: int, po2: bool) -> None:
-    rng = np.random.default_rng(bits)
-    rows = 300
-    real = _scale(rng, po2, size=rows) * np.exp2(rng.integers(-6, 4, size=rows))  # 2**-15 .. 2**2
+def _gate_case(rng: np.random.Generator, real: np.ndarray, bits: int):
+    """Accumulators near codes, on .5 ties and at the saturation bounds, for multipliers ``real``."""
+    rows = real.size
     mult, shift = requant_params(real)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    bounds, exact = _gate_bounds(mult, shift, lo, hi)
-    assert exact
+    bounds, float_bits = _gate_bounds(mult, shift, lo, hi)
     bias = rng.integers(-2**20, 2**20, rows).astype(np.int32)
     acc = rng.integers(-2**30, 2**30, (5, rows)).astype(np.int32)
     near = ((np.arange(rows) % 7 - 3) << shift) // mult  # near codes -3..3
@@ -110,12 +164,36 @@ def test_float64_gate_requantization_equals_int64(bits: int, po2: bool) -> None:
     for i, a in enumerate((near, ties, *edges)):
         acc[1 + i] = np.clip(a.astype(np.int64) - bias, -2**30, 2**30)  # acc + bias stays int32
     off = rng.integers(0, 1000, rows).astype(np.int32)
-    args = (acc, bias, mult.astype(np.int32), shift.astype(np.int32), np.ldexp(mult.astype(np.float64), -shift),
-            bounds, off, lo, hi)
+    args = (acc, bias, mult.astype(np.int32), shift.astype(np.int32))
+    return args, np.ldexp(mult.astype(np.float64), -shift), (bounds, off, lo, hi), float_bits
+
+
+def _assert_gate_ways_agree(args, real: np.ndarray, rest) -> None:
     for run in (_both_gate_ways, _both_gate_ways.py_func):
-        idx64, idx_f64 = np.zeros((2, 5, rows), np.int32)
-        run(*args, idx64, idx_f64)
-        np.testing.assert_array_equal(idx_f64, idx64)
+        idx64, idx_float = np.zeros((2, *args[0].shape), np.int32)
+        run(*args, real, *rest, idx64, idx_float)
+        np.testing.assert_array_equal(idx_float, idx64)
+
+
+@pytest.mark.parametrize("po2", [True, False])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_float64_gate_requantization_equals_int64(bits: int, po2: bool) -> None:
+    rng = np.random.default_rng(bits)
+    real = _scale(rng, po2, size=300) * np.exp2(rng.integers(-6, 4, size=300))  # 2**-15 .. 2**2
+    args, real64, rest, float_bits = _gate_case(rng, real, bits)
+    assert float_bits in (32, 64)
+    _assert_gate_ways_agree(args, real64, rest)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_float32_gate_requantization_equals_int64(bits: int) -> None:
+    rng = np.random.default_rng(10 + bits)
+    real = np.exp2(rng.integers(-14, 3, size=300).astype(np.float64))  # power-of-two multipliers, shifts <= 15
+    args, real64, rest, float_bits = _gate_case(rng, real, bits)
+    assert float_bits == 32
+    real32 = real64.astype(np.float32)
+    assert np.array_equal(real32.astype(np.float64), real64)
+    _assert_gate_ways_agree(args, real32, rest)
 
 
 def test_adding_gate_products_match_int64() -> None:
