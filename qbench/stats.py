@@ -2,6 +2,7 @@
 
 * One error rate over ``n`` clips (single-label): the Wilson score interval.
 * One multi-label error (1 - mAP): a percentile bootstrap over clips.
+* A median of timings (or of paired time ratios): order statistics, distribution-free.
 * The change of error between two models scored on the *same* clips (a model against its
   quantized twin, KD against no KD): a paired percentile bootstrap over clips, so clips both
   models get right or wrong add no noise. A change whose interval contains 0 is reported as
@@ -12,6 +13,7 @@ Bootstraps are seeded (``BOOTSTRAP_SEED``): the same scores give the same interv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +33,21 @@ def wilson_interval(errors: int, n: int, *, z: float = Z95) -> Interval:
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def median_interval(n: int, *, level: float = 0.95) -> tuple[int, int]:
+    """0-based ranks ``(lo, hi)`` of a sorted sample of ``n`` whose values bracket the median
+    with probability >= ``level`` for any continuous distribution: the sample's ``j``-th and
+    ``(n + 1 - j)``-th smallest, for the largest ``j`` with ``P(j <= B <= n - j) >= level``,
+    ``B ~ Binomial(n, 1/2)``. Needs ``n >= 6`` at 95 %; below that the whole range, (0, n - 1)."""
+    if n < 1:
+        raise ValueError("median_interval: empty sample")
+    mass = [math.comb(n, k) / 2**n for k in range(n + 1)]
+    best = 1
+    for j in range(1, n // 2 + 1):
+        if sum(mass[j:n - j + 1]) >= level:
+            best = j
+    return best - 1, n - best
 
 
 def resample_indices(n: int, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:

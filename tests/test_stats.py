@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from qbench.metrics import error_change_interval, evaluate
-from qbench.stats import (bootstrap_interval, excludes_zero, mean_and_spread, paired_delta_interval,
+from qbench.stats import (bootstrap_interval, excludes_zero, mean_and_spread, median_interval, paired_delta_interval,
                           resample_indices, wilson_interval)
 
 WILSON_ATOL = 1e-12  # the same closed form evaluated twice: float64 rounding only
@@ -93,3 +93,18 @@ def test_change_interval_sees_a_real_difference() -> None:
 def test_mean_and_spread_over_seeds() -> None:
     out = mean_and_spread([0.2, 0.3, float("nan"), 0.25])
     assert out["n"] == 3 and out["mean"] == pytest.approx(0.25) and out["std"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("n", "ranks"), [(6, (1, 6)), (10, (2, 9)), (20, (6, 15)), (40, (14, 27)), (100, (40, 61))])
+def test_median_interval_matches_the_order_statistic_tables(n: int, ranks: tuple[int, int]) -> None:
+    # 1-based ranks of the distribution-free 95 % interval of a median (Conover, Table A3)
+    assert median_interval(n) == (ranks[0] - 1, ranks[1] - 1)
+
+
+def test_median_interval_covers_the_median_at_its_level() -> None:
+    rng = np.random.default_rng(0)
+    lo, hi = median_interval(25)
+    samples = np.sort(rng.lognormal(size=(20000, 25)), axis=1)  # skewed: the median is 1
+    covered = (samples[:, lo] <= 1.0) & (samples[:, hi] >= 1.0)
+    assert 0.95 <= covered.mean() < 0.99
+    assert median_interval(3) == (0, 2)  # too few for 95 %: the whole range

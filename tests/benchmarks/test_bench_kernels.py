@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import numba
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 
 from kernels.engine import IntLSTMEngine, KernelBackend
 from kernels.simd import compiled_isa
+from qbench.stats import median_interval
 from test_kernels_lstm import _model  # tests/ is on sys.path (it holds conftest.py)
 
 THREADS = 1
@@ -60,19 +62,23 @@ def _one_thread():
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize(("features", "hidden"), SIZES)
 def test_bench_int_lstm_kernel(benchmark, features: int, hidden: int, batch: int, scales: str) -> None:
-    model = dataclasses.replace(_model(features, hidden, wbits=WEIGHT_BITS, po2=scales == "po2"), head=None)  # LSTM only, as torch
-    x = np.random.default_rng(0).integers(-128, 128, size=(batch, STEPS, features)).astype(np.int16)
-    engine = IntLSTMEngine(model)
-    reference = IntLSTMEngine(model, backend=KernelBackend.NUMPY).run(x[:, :20])
-    np.testing.assert_array_equal(engine.run(x[:, :20]).hidden, reference.hidden)  # correct before timed
+    engine, x = _engine(features, hidden, batch, scales)
     benchmark.pedantic(engine.run, args=(x,), warmup_rounds=3, rounds=30 if batch == 1 else 10, iterations=1)
     product = "vpdpbusd u8" if engine._layers[0].blocks.shape[3] == 4 else f"{compiled_isa()} int16 pairs"
     _record(benchmark, features, hidden, batch, "numba int", scales=scales, isa=compiled_isa(), product=product)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize(("features", "hidden"), SIZES)
-def test_bench_torch_fp32_lstm(benchmark, features: int, hidden: int, batch: int) -> None:
+def _engine(features: int, hidden: int, batch: int, scales: str) -> tuple[IntLSTMEngine, np.ndarray]:
+    """The kernel on a random 8-bit layer (LSTM only, as torch), checked against NumPy before it is timed."""
+    model = dataclasses.replace(_model(features, hidden, wbits=WEIGHT_BITS, po2=scales == "po2"), head=None)
+    x = np.random.default_rng(0).integers(-128, 128, size=(batch, STEPS, features)).astype(np.int16)
+    engine = IntLSTMEngine(model)
+    reference = IntLSTMEngine(model, backend=KernelBackend.NUMPY).run(x[:, :20])
+    np.testing.assert_array_equal(engine.run(x[:, :20]).hidden, reference.hidden)
+    return engine, x
+
+
+def _torch_lstm(features: int, hidden: int, batch: int):
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(features, hidden, batch_first=True).eval()
     x = torch.randn(batch, STEPS, features)
@@ -81,5 +87,46 @@ def test_bench_torch_fp32_lstm(benchmark, features: int, hidden: int, batch: int
         with torch.inference_mode():
             return lstm(x)[0]
 
+    return run, x
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize(("features", "hidden"), SIZES)
+def test_bench_torch_fp32_lstm(benchmark, features: int, hidden: int, batch: int) -> None:
+    run, x = _torch_lstm(features, hidden, batch)
     benchmark.pedantic(run, args=(x,), warmup_rounds=3, rounds=30 if batch == 1 else 10, iterations=1)
     _record(benchmark, features, hidden, batch, "torch fp32")
+
+
+PAIRED_ROUNDS = 40
+
+
+@pytest.mark.parametrize("scales", ["po2", "float"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize(("features", "hidden"), SIZES)
+def test_bench_kernel_against_torch_paired(benchmark, features: int, hidden: int, batch: int, scales: str) -> None:
+    """PyTorch and the kernel called alternately, one call each per round: the ratio of each
+    round's two times, whose median is recorded with a 95 % interval (order statistics). On a
+    shared virtual machine whose speed drifts by tens of percent between minutes, the separate
+    benchmarks above can catch the two in different phases; a round's pair shares its phase."""
+    engine, x = _engine(features, hidden, batch, scales)
+    torch_run, xt = _torch_lstm(features, hidden, batch)
+    pairs: list[tuple[float, float]] = []
+
+    def one_round() -> None:
+        t0 = time.perf_counter()
+        torch_run(xt)
+        t1 = time.perf_counter()
+        engine.run(x)
+        pairs.append((t1 - t0, time.perf_counter() - t1))
+
+    benchmark.pedantic(one_round, warmup_rounds=3, rounds=PAIRED_ROUNDS, iterations=1)
+    times = np.array(pairs[3:])  # the warm-up rounds are appended too
+    ratios = np.sort(times[:, 0] / times[:, 1])
+    lo, hi = median_interval(ratios.size)
+    benchmark.extra_info.update(
+        impl="paired", scales=scales, isa=compiled_isa(), batch=batch, steps=STEPS, features=features, hidden=hidden,
+        rounds=int(ratios.size), torch_ms=float(np.median(times[:, 0]) * 1e3),
+        kernel_ms=float(np.median(times[:, 1]) * 1e3), torch_over_kernel=float(np.median(ratios)),
+        torch_over_kernel_ci95=[float(ratios[lo]), float(ratios[hi])], loadavg=list(os.getloadavg()),
+    )
