@@ -231,11 +231,10 @@ def _quant_linear(linear: nn.Linear, qcfg: QuantConfig, ctx: SwapContext) -> nn.
 
 @register_quantizer(nn.ReLU)
 def _quant_relu(relu: nn.ReLU, qcfg: QuantConfig, ctx: SwapContext) -> nn.Module:
-    import brevitas.nn as qnn
-
+    from qbench.quant.fast_act import QbenchQuantReLU
     from qbench.quant.quantizers import act_quant
 
-    return qnn.QuantReLU(act_quant=act_quant(qcfg, signed=False), return_quant_tensor=ctx.return_quant_tensor)
+    return QbenchQuantReLU(act_quant=act_quant(qcfg, signed=False), return_quant_tensor=ctx.return_quant_tensor)
 
 
 class GlobalMean(nn.Module):
