@@ -110,6 +110,8 @@ def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
         assert _figures(ours) == _figures(theirs), ours["id"]  # trained alike: same errors, sizes, conformance
     assert ahead.provenance["executor"]["kind"] == "local" and ahead.provenance["executor"]["jobs"] == 2
     assert "executor" not in one.provenance
+    # the QAT workers calibrated the PTQ models and cached them; this process loaded them (same figures)
+    assert len(list((tmp_path / "cache-ahead" / "models").glob("ptq-*.pt"))) == 2
     # everything cached: a re-measure starts no worker
     again = sweep("ahead", "--jobs", "2", "--fresh")
     assert not re.search(r"^ahead[ :]", capsys.readouterr().out, re.M) and "executor" not in again.provenance

@@ -271,14 +271,18 @@ class Pipeline:
         from qbench.quant.quantize import calibrate, quantize
         from qbench.train import torch_settings
 
-        def make():
-            qmodel = quantize(self.student(model, mode)[0], self.cfg.quant_config(bits))
+        def build() -> nn.Module:
+            return quantize(self.student(model, mode)[0], self.cfg.quant_config(bits))
+
+        def fit(qmodel: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
             # calibration runs on training's thread policy (one thread unless configured)
             with torch_settings(threads=self.cfg.student_train.threads, seed=self.cfg.seed):
                 calibrate(qmodel, self.dataset().train, batches=CALIBRATION_BATCHES)
-            return qmodel.eval()
+            return qmodel, {"calibration_batches": CALIBRATION_BATCHES}
 
-        return self.once(("ptq", model, mode.value, str(bits)), make)
+        # cached, so a re-measure, and the measuring process after a QAT worker calibrated it, load it
+        return self.once(("ptq", model, mode.value, str(bits)),
+                         lambda: load_or_fit(self.ptq_path(model, mode, bits), build, fit)[0])
 
     def qat(self, model: str, mode: DistillMode, bits: Precision) -> tuple[nn.Module, dict[str, Any]]:
         """QAT from the PTQ model (its calibrated scales), distilled as the student was (cached)."""
@@ -310,6 +314,12 @@ class Pipeline:
         """The cache file of the fp32 student (``seed`` None: the sweep's seed)."""
         key = cache_key(self._student_description(model, mode, seed))
         return self.cache_dir / "models" / f"student-{self._file_name(model)}-{key}.pt"
+
+    def ptq_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
+        """The cache file of the calibrated (PTQ) model at ``bits``."""
+        key = cache_key({**self._student_description(model, mode), "stage": "ptq",
+                         "quant": self.cfg.quant_config(bits).to_dict(), "calibration_batches": CALIBRATION_BATCHES})
+        return self.cache_dir / "models" / f"ptq-{self._file_name(model)}_{bits.name}-{key}.pt"
 
     def qat_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
         """The cache file of the QAT model at ``bits``."""
