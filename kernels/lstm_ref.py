@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.fixedpoint import rshift_round_half_even
-from kernels.lstm import PARAM_NAMES, LayerArrays
+from kernels.lstm_arrays import PARAM_NAMES, LayerArrays
 
 __all__ = ["lstm_layer_ref"]
 

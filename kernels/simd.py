@@ -14,7 +14,7 @@ with the broadcast input pair ``(z[2p], z[2p+1])``: that is x86's ``pmaddwd``, w
 two int16 x int16 products of each int32 lane. No horizontal sums: lane ``j`` of the
 accumulators is row ``64 n + j``. Exactness: each product and pair sum fits int32
 (``|w| <= 128``, ``|z| <= 2**15``) and the caller bounds the whole sum below 2**31
-(:func:`kernels.lstm.layer_arrays`), so any summation order gives the same int32.
+(:func:`kernels.lstm_arrays.layer_arrays`), so any summation order gives the same int32.
 
 Instruction sets, chosen when Numba compiles (from the CPU it targets; Numba's cache is keyed
 by that CPU, so a cached binary never runs on the wrong one):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from kernels.fixedpoint import requant_params
-from kernels.lstm import (CHUNK_ELEMENTS, PARAM_NAMES, _cell_float_bits, _gate_bounds, _gate_indices,
-                          _gate_indices_real, kernel_args, layer_arrays, lstm_layer_numba)
+from kernels.lstm import CHUNK_ELEMENTS, _gate_indices, _gate_indices_real, kernel_args, lstm_layer_numba
+from kernels.lstm_arrays import PARAM_NAMES, _cell_float_bits, _gate_bounds, layer_arrays
 from kernels.lstm_ref import lstm_layer_ref
 from kernels.model import IntLSTMModel
 from kernels.simd import (ROWS_PER_BLOCK, block_weights, block_weights_u8, gate_dot_add, gate_dot_u8_add,
