@@ -64,6 +64,12 @@ def _ignores_input(scaling: nn.Module) -> bool:
         scaling.training and scaling.counter < scaling.collect_stats_steps)
 
 
+def _divided(x: Tensor, scale: Tensor, lo: float) -> Tensor:
+    """``relu(x) / scale`` as a new tensor; ReLU folds into the clamp when ``lo >= 0`` (a negative
+    input then rounds to at most 0 and is clamped to ``lo``, as ReLU's 0 is)."""
+    return torch.div(torch.relu(x) if lo < 0 else x, scale)
+
+
 class _ReLUQuant(torch.autograd.Function):
     """``clamp(round(relu(x) / scale), lo, hi) * scale`` with Brevitas' gradients (see the module doc).
 
@@ -76,7 +82,7 @@ class _ReLUQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, lo: float, hi: float, rounding: str) -> Tensor:
-        t = torch.div(torch.relu(x) if lo < 0 else x, scale)  # ReLU folds into the clamp when lo >= 0
+        t = _divided(x, scale, lo)
         codes = getattr(t, rounding)()
         inside = (x > 0) & (codes <= hi)  # ReLU's mask, then the clamp's (x > 0: codes >= 0)
         if lo > 0:
@@ -121,7 +127,7 @@ class QbenchQuantReLU(qnn.QuantReLU):
         if torch.is_grad_enabled() and (input.requires_grad or scale.requires_grad):
             y = _ReLUQuant.apply(input, scale, lo, hi, rounding)
         else:
-            y = torch.div(torch.relu(input) if lo < 0 else input, scale)
+            y = _divided(input, scale, lo)
             getattr(y, rounding + "_")()
             y.clamp_(lo, hi).mul_(scale)
         out = y if proxy.skip_create_quant_tensor else proxy.create_quant_tensor((y, scale, zero_point, bit_width),

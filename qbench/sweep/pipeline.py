@@ -297,10 +297,15 @@ class Pipeline:
 
         return self.once(("qat", model, mode.value, str(bits)), make)
 
+    def _quantized_key(self, model: str, mode: DistillMode, bits: Precision, stage: str, **settings: Any) -> str:
+        """Cache key of everything that determines a quantized model's weights: its student, its
+        quantization at ``bits`` and the ``stage``'s own ``settings``."""
+        return cache_key({**self._student_description(model, mode), "stage": stage,
+                          "quant": self.cfg.quant_config(bits).to_dict(), **settings})
+
     def _qat_key(self, model: str, mode: DistillMode, bits: Precision) -> str:
         """Cache key of everything that determines a QAT model's weights."""
-        return cache_key({**self._student_description(model, mode), "stage": "qat",
-                          "quant": self.cfg.quant_config(bits).to_dict(), "qat": self.cfg.qat_train.to_dict()})
+        return self._quantized_key(model, mode, bits, "qat", qat=self.cfg.qat_train.to_dict())
 
     def fp32_artifact_dir(self, model: str, mode: DistillMode) -> Path:
         """Where the fp32 student's runtime artifacts are written (one folder per trained student)."""
@@ -317,8 +322,7 @@ class Pipeline:
 
     def ptq_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
         """The cache file of the calibrated (PTQ) model at ``bits``."""
-        key = cache_key({**self._student_description(model, mode), "stage": "ptq",
-                         "quant": self.cfg.quant_config(bits).to_dict(), "calibration_batches": CALIBRATION_BATCHES})
+        key = self._quantized_key(model, mode, bits, "ptq", calibration_batches=CALIBRATION_BATCHES)
         return self.cache_dir / "models" / f"ptq-{self._file_name(model)}_{bits.name}-{key}.pt"
 
     def qat_path(self, model: str, mode: DistillMode, bits: Precision) -> Path:
