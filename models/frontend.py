@@ -92,3 +92,13 @@ class RunningLevel:
         self.total, self.frames = running[:, -1:], self.frames + chunk.shape[1]
         level = np.round((running / seen) / LEVEL_STEP) * LEVEL_STEP  # half to even, as torch.round
         return (chunk - level[:, :, None].astype(np.float32)).astype(np.float32)
+
+
+def as_image(x: Tensor) -> Tensor:
+    """(B, T, F) -> (B, 1, T, F), strided channels-last: the CPU convolutions (oneDNN) then run every
+    layer after it in NHWC, which trains a DS-CNN about twice as fast as NCHW on one core (a
+    one-channel image is both layouts; only its strides tell PyTorch which to pick). Same values as
+    ``x.unsqueeze(1)``, which is what an ONNX export records."""
+    if torch.onnx.is_in_onnx_export():
+        return x.unsqueeze(1)
+    return x.unsqueeze(3).permute(0, 3, 1, 2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.frontend import ClipNorm, ClipNormMode
+from models.frontend import ClipNorm, ClipNormMode, as_image
 from models.registry import register_student
 
 
@@ -107,7 +107,7 @@ class _FreqPooledCNN(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', C): the conv map before global pooling, averaged over frequency."""
-        fmap = self.body(self.clip_norm(x).unsqueeze(1))  # (B, C, T', F')
+        fmap = self.body(as_image(self.clip_norm(x)))  # (B, C, T', F')
         return self.freq_pool(fmap).squeeze(3).transpose(1, 2)
 
     def classify(self, feats: Tensor) -> Tensor:
@@ -166,7 +166,7 @@ class CRNNStudent(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', hidden) LSTM outputs over the conv map's time steps."""
-        fmap = self.conv(self.clip_norm(x).unsqueeze(1))  # (B, C, T', F')
+        fmap = self.conv(as_image(self.clip_norm(x)))  # (B, C, T', F')
         b, c, t, f = fmap.shape
         out, _ = self.lstm(fmap.permute(0, 2, 1, 3).reshape(b, t, c * f))
         return out

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.frontend import ClipNorm, ClipNormMode
+from models.frontend import ClipNorm, ClipNormMode, as_image
 from models.registry import register_teacher
 
 
@@ -144,5 +144,5 @@ class ResNetTeacher(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) log-mel -> (B, C) logits."""
         x = self.input_norm(self.clip_norm(x).transpose(1, 2)).transpose(1, 2)
-        fmap = self.blocks(self.stem(x.unsqueeze(1)))  # (B, C, T', F')
+        fmap = self.blocks(self.stem(as_image(x)))  # (B, C, T', F')
         return self.head(self.time_pool(self.freq_pool(fmap)))

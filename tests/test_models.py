@@ -166,3 +166,19 @@ def test_streaming_level_equals_causal_mode(chunks: list[int]) -> None:
 def test_clip_norm_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError):
         ClipNorm("median")
+
+
+def test_conv_students_run_channels_last_and_export_a_plain_unsqueeze() -> None:
+    """``as_image`` strides the one-channel image channels-last, so the convolutions after it run NHWC
+    (faster on CPU); the values are ``unsqueeze(1)``'s, and an ONNX export records the unsqueeze."""
+    from models.frontend import as_image
+
+    x = torch.randn(3, 20, 8)
+    image = as_image(x)
+    assert torch.equal(image, x.unsqueeze(1)) and image.stride() == (160, 1, 8, 1)
+    model = build_student("dscnn", n_mels=40, n_frames=101, n_classes=5).eval()
+    fmap = model.body(as_image(torch.randn(2, 101, 40)))
+    assert fmap.is_contiguous(memory_format=torch.channels_last) and not fmap.is_contiguous()
+    with torch.no_grad():
+        nchw = model.body(torch.randn(2, 101, 40).unsqueeze(1))
+    assert nchw.is_contiguous()  # the layout is the strides' doing, not the model's

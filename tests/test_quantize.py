@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
+
+import models
 
 from qbench.errors import QbenchError
 from qbench.quant import QuantConfig
@@ -201,3 +205,41 @@ def test_every_registered_student_has_a_training_quantized_twin(name: str) -> No
     torch.nn.functional.cross_entropy(q(x), y).backward()
     opt.step()
     assert any(not torch.equal(before[k], v) for k, v in q.state_dict().items() if k in before)
+
+
+def test_quantized_convolutions_run_channels_last_computing_what_brevitas_computes() -> None:
+    """``QbenchQuantConv2d`` restrides Brevitas' fake-quantized weight: the output is NHWC and equal to
+    stock ``QuantConv2d``'s up to float32 summation order, in inference and in training (outputs and
+    gradients), and its state dict is Brevitas'."""
+    import brevitas.nn as qnn
+
+    from qbench.quant.fast_conv import QbenchQuantConv2d
+
+    model = models.build_student("dscnn", n_mels=40, n_frames=101, n_classes=5)
+    q = quantize(model, QuantConfig(weight_bits=4, act_bits=4))
+    x = torch.randn(16, 101, 40)
+    calibrate(q, x, batches=2, batch_size=8)
+    convs = [m for m in q.modules() if isinstance(m, qnn.QuantConv2d)]
+    assert convs and all(type(m) is QbenchQuantConv2d for m in convs)
+    stock = copy.deepcopy(q)
+    for m in stock.modules():
+        if type(m) is QbenchQuantConv2d:
+            m.__class__ = qnn.QuantConv2d
+    assert stock.state_dict().keys() == q.state_dict().keys()
+    q.eval(), stock.eval()
+    with torch.no_grad():
+        fmap = q.body(torch.randn(2, 101, 40).unsqueeze(1))  # NCHW strides in: the weight decides
+        assert getattr(fmap, "value", fmap).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(q(x), stock(x), atol=1e-4, rtol=1e-4)
+    q.train(), stock.train()
+    torch.manual_seed(0)
+    out = q(x)
+    out.square().sum().backward()
+    torch.manual_seed(0)
+    ref = stock(x)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    grads = {n: p.grad for n, p in q.named_parameters() if p.grad is not None}
+    for name, p in stock.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-3, rtol=1e-3, msg=name)

@@ -211,7 +211,9 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> nn.Module:
 def _quant_conv(conv: nn.Conv1d | nn.Conv2d, qcfg: QuantConfig, ctx: SwapContext) -> nn.Module:
     import brevitas.nn as qnn
 
-    cls = qnn.QuantConv1d if isinstance(conv, nn.Conv1d) else qnn.QuantConv2d
+    from qbench.quant.fast_conv import QbenchQuantConv2d
+
+    cls = qnn.QuantConv1d if isinstance(conv, nn.Conv1d) else QbenchQuantConv2d
     q = cls(
         conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
         dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
