@@ -1,5 +1,6 @@
-"""Training ahead (``qbench sweep --jobs N``): every model trained once, in worker processes, after what
-it learns from; the same records as one job; a stage that fails in a worker fails its points with
+"""Training ahead and measuring side by side (``qbench sweep --jobs N``): every model trained once, in
+worker processes, after what it learns from; the points computed by workers and timed here; the same
+records as one job; a stage that fails in a worker fails its points with
 its reason and the rest of the grid goes on; a rerun with everything cached starts no worker."""
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
     assert "executor" not in one.provenance
     # the QAT workers calibrated the PTQ models and cached them; this process loaded them (same figures)
     assert len(list((tmp_path / "cache-ahead" / "models").glob("ptq-*.pt"))) == 2
-    # everything cached: a re-measure starts no worker
+    assert ahead.provenance["executor"]["measured"]["points"] == len(one.records)  # computed side by side too
+    # everything cached: a re-measure trains nothing, and measures side by side again
     again = sweep("ahead", "--jobs", "2", "--fresh")
-    assert not re.search(r"^ahead[ :]", capsys.readouterr().out, re.M) and "executor" not in again.provenance
+    assert not re.search(r"^ahead[ :]", capsys.readouterr().out, re.M) and "stages" not in again.provenance["executor"]
     assert [_figures(r) for r in again.records] == [_figures(r) for r in ahead.records]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -100,9 +99,9 @@ def add_run_arguments(r) -> None:
     r.add_argument("--quick", action="store_true", help="a tiny smoke run: little data, one short epoch each")
     r.add_argument("--cache", type=Path, help="cache for features and trained models (default: $QBENCH_CACHE or ~/.cache/qbench)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--jobs", type=int, help="models trained at once, each in its own process on one thread, before "
-                   "the points are measured here (default: $QBENCH_JOBS, else the usable cores; 1: one at a "
-                   "time, in this process)")
+    r.add_argument("--jobs", type=int, help="worker processes, one thread each: they train the models, then "
+                   "score, export and check the points side by side; latency is timed here afterwards, one "
+                   "measurement at a time (default: $QBENCH_JOBS, else the usable cores; 1: everything in this process)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from qbench.report import render
     from qbench.sweep.config import SweepConfig
     from qbench.sweep.options import config_from_args, validate_names
+    from qbench.sweep.parallel import ParallelExecutor
     from qbench.sweep.pipeline import Pipeline
     from qbench.sweep.run import default_out_dir, run_sweep
 
@@ -122,16 +122,15 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = writable_dir(args.cache or default_cache_dir(), what="cache folder")
     start = time.perf_counter()
     pipeline = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
-    executor = make_executor(pipeline) if make_executor is not None else None
-    with executor or contextlib.nullcontext():
+    jobs = resolve_jobs(args)
+    prepare = _shared_stages(pipeline, jobs=jobs)
+    executor = make_executor(pipeline) if make_executor is not None else ParallelExecutor(pipeline, jobs=jobs,
+                                                                                         prepare=prepare)
+    with executor:
         doc = run_sweep(cfg, pipeline.measure, out_dir=out_dir, progress=not args.no_progress,
-                        retry_failed=args.retry_failed, fresh=args.fresh,
-                        prepare=_shared_stages(pipeline, jobs=resolve_jobs(args)), executor=executor)
-        if executor is not None and (cluster := executor.describe()) is not None:
-            doc.provenance["executor"] = cluster  # saved with the stage times, which it qualifies
-        elif pipeline.ahead is not None:
-            doc.provenance["executor"] = {"kind": "local", **pipeline.ahead,
-                                          "run_seconds_stages": "training stages summed over jobs, which overlap"}
+                        retry_failed=args.retry_failed, fresh=args.fresh, prepare=prepare, executor=executor)
+        if (how := executor.describe()) is not None:
+            doc.provenance["executor"] = how  # saved with the stage times, which it qualifies
     _record_stage_times(doc, pipeline, time.perf_counter() - start)
     written = render(doc)
     failed = [r for r in doc.records if r["status"] != "ok"]

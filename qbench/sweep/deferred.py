@@ -1,6 +1,6 @@
 """Latency deferred from the process that computes a point to the one that times it.
 
-A Ray worker computes a point's record with qbench's own point functions
+A worker (a Ray task, or a local measuring process: :mod:`qbench.sweep.parallel`) computes a point's record with qbench's own point functions
 (:mod:`qbench.sweep.points`). Inside :func:`capture_latency`, every latency measurement they ask
 for (:func:`qbench.sweep.points.latency`, the one road to a timing) is recorded instead of run: its runner factory and thread
 counts, with a placeholder where the figures go. :func:`detach` pickles the factories for the
@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pickle
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from qbench.backends import REFERENCE
 from qbench.errors import QbenchError
+from qbench.files import is_environment_error, os_error_line
+from qbench.records import LATENCY_PENDING, failed_record
 from qbench.sweep.plan import Point
 
 PLACEHOLDER = "__qbench_deferred_latency__"
@@ -60,7 +65,7 @@ def capture_latency(pipe) -> Iterator[list[tuple[Callable, tuple[int, ...] | Non
 
 def detach(record: dict[str, Any], calls: list[tuple[Callable, tuple[int, ...] | None]]) -> list[Deferred]:
     """Replace each placeholder in ``record`` by ``{}`` and return what the driver must time."""
-    import ray.cloudpickle as cloudpickle
+    import cloudpickle
 
     out = []
     for path, index in _placeholders(record):
@@ -83,6 +88,26 @@ def time_deferred(pipe, point: Point, record: dict[str, Any], deferred: list[Def
     for d in deferred:
         factory = pickle.loads(d.factory) if d.factory is not None else _cached_qat_factory(pipe, point, d.problem)
         _set(record, d.path, points.latency(pipe, factory, threads=d.threads))
+
+
+def complete(pipe, point: Point, record: dict[str, Any], deferred: list[Deferred], log: logging.Logger,
+             where: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (computed elsewhere, its latency pending) with its latency timed here and ``where``
+    as ``provenance.latency``; or the point failed with the reason it could not be timed."""
+    start = time.perf_counter()
+    try:
+        time_deferred(pipe, point, record, deferred)
+    except Exception as exc:  # as in-process: a point whose timing fails is a failed point
+        if is_environment_error(exc):
+            raise QbenchError(f"{point.id}: {os_error_line(exc)}") from None
+        log.error("failed %s (latency, timed here)\n%s", point.id, traceback.format_exc())
+        failed = failed_record(point.id, point.fields(), f"{type(exc).__name__}: {exc}")
+        failed.update(seconds=record["seconds"], provenance=record["provenance"])
+        return failed
+    record.pop(LATENCY_PENDING)
+    record["seconds"] = round(record["seconds"] + time.perf_counter() - start, 3)
+    record["provenance"]["latency"] = where
+    return record
 
 
 def _cached_qat_factory(pipe, point: Point, problem: str | None) -> Callable:

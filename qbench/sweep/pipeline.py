@@ -59,9 +59,11 @@ class Pipeline:
         self._open: list[list[float]] = []  # [start, seconds spent in nested stages] per running stage
 
     def measure(self, point) -> dict[str, Any]:
+        """The point's record; time not booked to a stage inside it (scoring artifacts, agreement) is scoring."""
         from qbench.sweep.points import measure_point
 
-        return measure_point(self, point)
+        with self.timed("scoring"):
+            return measure_point(self, point)
 
     def once(self, key: tuple, make: Callable[[], Any]) -> Any:
         """``make()`` memoised under ``key`` for this run; a failure is memoised too and repeated as
@@ -346,10 +348,19 @@ class Pipeline:
         usable = machine_info()["usable_cores"]
         return sorted({usable if t == 0 else t for t in self.cfg.threads})
 
+    def compute_threads(self) -> int:
+        """Threads for scoring and conformance (not timed): the largest thread count timed."""
+        return max(self.thread_counts())
+
+    def failed_stage(self, key: tuple) -> str | None:
+        """Why stage ``key`` failed in this run (here or in a worker), or None."""
+        value = self._memo.get(key)
+        return str(value) if isinstance(value, BaseException) else None
+
     def latency_inputs(self) -> dict[int, np.ndarray]:
         """Batch size -> (B, T, F) input taken from the test split (repeated if it is short)."""
         x = self.eval_split().x
-        return {b: np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])), dtype=np.float32)
+        return {b: np.ascontiguousarray(np.resize(x[:b], (b, *x.shape[1:])), dtype=np.float32)
                 for b in sorted({1, self.cfg.batch})}
 
 

@@ -90,7 +90,7 @@ def _torch_scores(pipe, model) -> np.ndarray:
     """(N, C) outputs of a PyTorch model (float or Brevitas) on the test split."""
     from qbench.measure import torch_runner
 
-    return scores_of(torch_runner(model, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+    return scores_of(torch_runner(model, threads=pipe.compute_threads()), pipe.eval_split().x)
 
 
 def error_figures(pipe, point: Point, scores: np.ndarray) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def _artifact(pipe, point: Point):
         out_dir = pipe.artifact_dir(point.model, point.distill, point.bits) / backend.value
         art = export(qmodel, backend, out_dir=out_dir, example=pipe.latency_inputs()[1], lstm_graph=graph)
         conf = check_conformance(art, qmodel, pipe.eval_split().x[:CONFORMANCE_CLIPS],
-                                 threads=max(pipe.thread_counts()))
+                                 threads=pipe.compute_threads())
         if not conf.ok:
             raise ConformanceFailed(f"conformance failed: {conf.reason}")
         return art, conf
@@ -237,7 +237,7 @@ def _exported_figures(pipe, point: Point) -> dict[str, Any]:
     qmodel, _ = pipe.qat(point.model, point.distill, point.bits)
     art, conf = _artifact(pipe, point)
     run_options = conf.best_options
-    scores = scores_of(runner(art, threads=max(pipe.thread_counts()), **run_options), pipe.eval_split().x)
+    scores = scores_of(runner(art, threads=pipe.compute_threads(), **run_options), pipe.eval_split().x)
     return {
         **error_figures(pipe, point, scores), **size_figures(pipe, point, qmodel), "file_bytes": art.size_bytes,
         "agreement": {**agreement(scores, quant_scores(pipe, point, qmodel)),
@@ -271,8 +271,9 @@ def _fp32_exported(pipe, point: Point) -> dict[str, Any]:
     model, reference, _ = fp32_reference(pipe, point)
     backend = Backend(point.backend)
     out_dir = pipe.fp32_artifact_dir(point.model, point.distill) / backend.value
-    art = export_fp32(model, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
-    scores = scores_of(runner(art, threads=max(pipe.thread_counts())), pipe.eval_split().x)
+    with pipe.timed("export + conformance"):
+        art = export_fp32(model, backend, out_dir=out_dir, example=pipe.latency_inputs()[1])
+    scores = scores_of(runner(art, threads=pipe.compute_threads()), pipe.eval_split().x)
     conf = float_conformance(scores, reference)
     if conf["status"] != "ok":
         raise ConformanceFailed(f"fp32 conformance failed: {conf['reason']}")

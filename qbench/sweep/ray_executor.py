@@ -27,16 +27,13 @@ import logging
 import os
 import socket
 import sys
-import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
-from qbench.files import is_environment_error, os_error_line
 from qbench.records import LATENCY_PENDING, failed_record
-from qbench.sweep.deferred import Deferred, time_deferred
+from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
@@ -210,22 +207,10 @@ class RayExecutor:
     def _timed(self, point: Point, record: dict[str, Any], deferred: list[Deferred],
                log: logging.Logger) -> dict[str, Any]:
         """``record`` with its latency measured here, or failed with the reason it could not be."""
-        start = time.perf_counter()
-        try:
-            time_deferred(self.pipe, point, record, deferred)
-        except Exception as exc:  # as in-process: a point whose timing fails is a failed point
-            if is_environment_error(exc):
-                raise QbenchError(f"{point.id}: {os_error_line(exc)}") from None
-            log.error("failed %s (latency, on the driver)\n%s", point.id, traceback.format_exc())
-            failed = failed_record(point.id, point.fields(), f"{type(exc).__name__}: {exc}")
-            failed.update(seconds=record["seconds"], provenance=record["provenance"])
-            return failed
-        record.pop(LATENCY_PENDING)
-        record["seconds"] = round(record["seconds"] + time.perf_counter() - start, 3)
-        record["provenance"]["latency"] = {"host": socket.gethostname(), "thread_counts": self.pipe.thread_counts(),
-                                           "when": "after every task finished, one measurement at a time"}
         del self._untimed[point.id]
-        return record
+        return complete(self.pipe, point, record, deferred, log, where={
+            "host": socket.gethostname(), "thread_counts": self.pipe.thread_counts(),
+            "when": "after every task finished, one measurement at a time"})
 
     def _outcome(self, ref) -> StageOutcome:
         try:

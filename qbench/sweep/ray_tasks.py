@@ -37,6 +37,8 @@ class TaskSpec:
     cfg: SweepConfig
     cache_dir: str  # the driver's cache folder: on a cluster, a path every node shares
     thread_counts: tuple[int, ...]  # the driver's, ``0`` (all cores) resolved there, as in-process
+    compute_threads: int | None = None  # scoring and conformance threads (None: the largest thread count)
+    executor: str = "ray"  # named in each record's provenance.compute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +69,14 @@ class TaskPipeline(Pipeline):
 
         super().__init__(spec.cfg, cache_dir=Path(spec.cache_dir), progress=False)
         self._thread_counts = list(spec.thread_counts)
-        set_torch_threads(max(self._thread_counts))  # not Ray's OMP_NUM_THREADS; training sets its own
+        self._compute_threads = spec.compute_threads
+        set_torch_threads(self.compute_threads())  # not Ray's OMP_NUM_THREADS; training sets its own
 
     def thread_counts(self) -> list[int]:
         return list(self._thread_counts)
+
+    def compute_threads(self) -> int:
+        return self._compute_threads or super().compute_threads()
 
 
 def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
@@ -78,9 +84,9 @@ def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
     from qbench.provenance import machine_id
 
     cfg = spec.cfg
-    return {"executor": "ray", "host": socket.gethostname(), "machine_id": machine_id(),
+    return {"executor": spec.executor, "host": socket.gethostname(), "machine_id": machine_id(),
             "threads": {"teacher_training": cfg.teacher_train.threads, "student_training": cfg.student_train.threads,
-                        "qat_training": cfg.qat_train.threads, "scoring_and_conformance": max(spec.thread_counts),
+                        "qat_training": cfg.qat_train.threads, "scoring_and_conformance": spec.compute_threads or max(spec.thread_counts),
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
@@ -144,3 +150,8 @@ def group_task(spec: TaskSpec, group: Group, *upstream: StageOutcome) -> Iterato
         record["provenance"] = {"compute": compute}
         spent = {k: v - before.get(k, 0.0) for k, v in pipe.stage_seconds.items() if v != before.get(k, 0.0)}
         yield PointResult(record, deferred, lines.take(), spent)
+
+
+def measure_group(spec: TaskSpec, group: Group, *upstream: StageOutcome) -> list[PointResult]:
+    """:func:`group_task`'s results all at once (a local worker process's task, :mod:`qbench.sweep.parallel`)."""
+    return list(group_task(spec, group, *upstream))

@@ -1,0 +1,149 @@
+"""Measuring side by side: the in-process sweep's points computed by worker processes, their latency
+timed here afterwards (``qbench sweep --jobs N``, N >= 2; N defaults to the usable cores).
+
+After the models are trained (:mod:`qbench.sweep.ahead`), what is left is scoring the test split,
+exporting, checking conformance and timing. Only timing needs the machine to itself. So the points
+are measured as the Ray executor measures them, on a local pool of ``jobs`` worker processes: each
+worker runs the Ray executor's group task (:func:`qbench.sweep.ray_tasks.group_task`: the points
+that share in-memory stages, in one Pipeline, on one thread each) with every latency measurement
+captured instead of run (:mod:`qbench.sweep.deferred`). Each record is written as its group
+finishes, marked latency-pending; once every worker is done, this process times each point's
+latency, one measurement at a time with nothing else running, through the same function as
+in-process, and writes the record again, complete.
+
+Workers score and check conformance on one thread (``jobs`` of them share the cores); the scores
+do not depend on the thread count, so the records are those of ``--jobs 1``, as tested. A stage
+that failed in training fails its group's points with that reason; a worker that dies leaves the
+points it had not returned to this process, which measures them one by one afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from qbench.records import LATENCY_PENDING
+from qbench.sweep.deferred import Deferred, complete
+from qbench.sweep.pipeline import Pipeline
+from qbench.sweep.plan import Point
+from qbench.sweep.ray_graph import Group, task_graph
+from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group
+from qbench.sweep.run import measure_or_fail
+
+PrepareFn = Callable[[list[Point]], None]
+
+
+class ParallelExecutor:
+    """Computes the records of a sweep's points on ``jobs`` local processes and times them here
+    (:class:`qbench.sweep.run.Executor`). With one job, a dataset held in memory (which workers cannot
+    rebuild) or a single group of points, it measures in this process, point by point."""
+
+    def __init__(self, pipeline: Pipeline, *, jobs: int, prepare: PrepareFn | None = None,
+                 report: Callable[[str], None] | None = None) -> None:
+        self.pipe, self.jobs, self._prepare = pipeline, jobs, prepare
+        self.report = report or (lambda line: print(line, flush=True))
+        self.measured: dict[str, Any] | None = None  # how the points were computed side by side, if they were
+
+    def __enter__(self) -> ParallelExecutor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any] | None:
+        """``provenance.executor``: the training ahead and the measuring side by side (None: neither ran)."""
+        if self.pipe.ahead is None and self.measured is None:
+            return None
+        out: dict[str, Any] = {"kind": "local", "jobs": self.jobs}
+        if self.pipe.ahead is not None:
+            out.update(self.pipe.ahead)
+        if self.measured is not None:
+            out["measured"] = self.measured
+        out["run_seconds_stages"] = "summed over the worker processes, which overlap"
+        return out
+
+    def prepare(self, todo: list[Point]) -> None:
+        if self._prepare is not None:
+            self._prepare(todo)
+
+    def records(self, todo: list[Point], log: logging.Logger) -> Iterator[dict[str, Any]]:
+        _, groups = task_graph(self.pipe.cfg, todo)
+        if self.jobs < 2 or self.pipe.holds_dataset or len(groups) < 2:
+            for point in todo:
+                yield measure_or_fail(point, self.pipe.measure, log)
+            return
+        start = time.perf_counter()
+        pending: dict[str, tuple[Point, dict[str, Any], list[Deferred]]] = {}
+        left: list[Point] = []  # points a dead worker did not return: measured here
+        for group, results in self._run(groups, left):
+            for result in results:
+                record = result.record
+                for level, line in result.log:
+                    log.log(level, "%s [worker]", line)
+                for stage, seconds in result.stage_seconds.items():
+                    self.pipe.stage_seconds[stage] = self.pipe.stage_seconds.get(stage, 0.0) + seconds
+                if result.deferred:
+                    point = next(p for p in group.points if p.id == record["id"])
+                    record[LATENCY_PENDING] = True
+                    pending[record["id"]] = (point, record, result.deferred)
+                    record = copy.deepcopy(record)
+                yield record
+        self.measured = {"groups": len(groups), "points": len(todo) - len(left),
+                         "wall_seconds": round(time.perf_counter() - start, 1)}
+        where = {"host": socket.gethostname(), "thread_counts": self.pipe.thread_counts(),
+                 "when": "after every worker finished, one measurement at a time"}
+        for point in todo:
+            if point.id in pending:
+                yield complete(self.pipe, *pending.pop(point.id), log, where=where)
+        for point in left:
+            yield measure_or_fail(point, self.pipe.measure, log)
+
+    def _run(self, groups: list[Group], left: list[Point]) -> Iterator[tuple[Group, list[PointResult]]]:
+        """Each group's results as its worker returns them; a dead worker's unreturned points go to ``left``."""
+        pipe = self.pipe
+        spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()),
+                        compute_threads=1, executor="local")
+        running: dict[Future, tuple[Group, float]] = {}
+        done = 0
+        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                for group in groups:
+                    running[pool.submit(measure_group, spec, group, *self._failed_upstream(group))] = \
+                        (group, time.perf_counter())
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        group, began = running.pop(future)
+                        try:
+                            results = future.result()
+                        except BrokenProcessPool as exc:
+                            self.report(f"measure: {group.name}: its worker died ({exc}); measured here instead")
+                            left.extend(group.points)
+                            continue
+                        done += 1
+                        self.report(f"measured {done}/{len(groups)}: {group.name} ({len(group.points)} points, "
+                                    f"{time.perf_counter() - began:.0f} s); latency timed after the last")
+                        yield group, results
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+    def _failed_upstream(self, group: Group) -> list[StageOutcome]:
+        """The stages ``group`` needs that failed in training, as a group task takes them."""
+        cfg = self.pipe.cfg
+        failed = []
+        for stage in group.needs:
+            reason = self.pipe.failed_stage(stage.key(cfg))
+            if reason is not None:
+                failed.append(StageOutcome(stage.name(cfg), reason, None, {}))
+        return failed
