@@ -12,10 +12,24 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.frontend import ClipNorm, ClipNormMode, as_image
 from models.registry import register_teacher
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` drawing its mask with ``torch.rand`` instead of ``bernoulli_``: the same
+    distribution, about half the time on CPU (PyTorch's CPU ``bernoulli_`` took a fifth of a
+    transformer teacher's training step; measured 5.3 ms against 2.6 ms a call on 370k values)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # as F.dropout: x * (mask / (1 - p))
 
 
 class SelfAttention(nn.Module):
@@ -28,7 +42,7 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.last_weights: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,8 +62,8 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp, dim))
-        self.drop = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), Dropout(dropout), nn.Linear(mlp, dim))
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x)))
@@ -86,9 +100,18 @@ class TransformerTeacher(nn.Module):
         """Per-layer attention of the last forward, each (B, H, N, N), N = 1 + n_tokens."""
         return [layer.attn.last_weights for layer in self.layers if layer.attn.last_weights is not None]
 
+    def patch_embedding(self, x: Tensor) -> Tensor:
+        """(B, T, F) -> (B, T // patch, dim): ``embed`` (a strided Conv1d) as one matrix product over
+        the patches, which is what it computes; PyTorch's CPU Conv1d backward took 5x longer."""
+        b, t, f = x.shape
+        k = self.embed.kernel_size[0]
+        patches = x[:, :t // k * k].reshape(b, t // k, k * f)  # patch i: frames [i k, (i+1) k), frame-major
+        weight = self.embed.weight.transpose(1, 2).reshape(self.embed.out_channels, k * f)  # (dim, F, k) -> frame-major
+        return F.linear(patches, weight, self.embed.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, F) log-mel -> (B, C) logits."""
-        tokens = self.embed(self.input_norm(self.clip_norm(x).transpose(1, 2))).transpose(1, 2)  # (B, N-1, dim)
+        tokens = self.patch_embedding(self.input_norm(self.clip_norm(x).transpose(1, 2)).transpose(1, 2))
         h = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
         for layer in self.layers:
             h = layer(h)

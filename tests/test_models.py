@@ -182,3 +182,24 @@ def test_conv_students_run_channels_last_and_export_a_plain_unsqueeze() -> None:
     with torch.no_grad():
         nchw = model.body(torch.randn(2, 101, 40).unsqueeze(1))
     assert nchw.is_contiguous()  # the layout is the strides' doing, not the model's
+
+
+def test_transformer_patch_embedding_is_its_convolution() -> None:
+    """The patch embedding runs as one matrix product; it computes the strided Conv1d it stores
+    (same parameters, so a saved teacher loads), trailing frames short of a patch dropped alike."""
+    teacher = build_teacher("transformer", n_mels=40, n_frames=301, n_classes=5)
+    x = torch.randn(3, 301, 40)
+    conv = teacher.embed(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(teacher.patch_embedding(x), conv, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_dropout_keeps_torch_dropout_semantics() -> None:
+    from models.teachers import Dropout
+
+    torch.manual_seed(0)
+    drop, x = Dropout(0.25), torch.ones(200_000)
+    y = drop(x)
+    assert torch.unique(y).tolist() == [0.0, torch.tensor(1 / 0.75).item()]
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.01  # 6 sigma of a binomial at n = 200k
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))

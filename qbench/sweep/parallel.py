@@ -111,17 +111,17 @@ class ParallelExecutor:
         pipe = self.pipe
         spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()),
                         compute_threads=1, executor="local")
-        running: dict[Future, tuple[Group, float]] = {}
-        done = 0
+        running: dict[Future, Group] = {}
+        done, start = 0, time.perf_counter()
+        groups = sorted(groups, key=lambda g: -len(g.points))  # the largest first: the last to finish is short
         with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
                 for group in groups:
-                    running[pool.submit(measure_group, spec, group, *self._failed_upstream(group))] = \
-                        (group, time.perf_counter())
+                    running[pool.submit(measure_group, spec, group, *self._failed_upstream(group))] = group
                 while running:
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        group, began = running.pop(future)
+                        group = running.pop(future)
                         try:
                             results = future.result()
                         except BrokenProcessPool as exc:
@@ -129,8 +129,8 @@ class ParallelExecutor:
                             left.extend(group.points)
                             continue
                         done += 1
-                        self.report(f"measured {done}/{len(groups)}: {group.name} ({len(group.points)} points, "
-                                    f"{time.perf_counter() - began:.0f} s); latency timed after the last")
+                        self.report(f"measured {done}/{len(groups)}: {group.name} ({len(group.points)} points) at "
+                                    f"{time.perf_counter() - start:.0f} s; latency is timed after the last")
                         yield group, results
             except BaseException:
                 for future in running:
