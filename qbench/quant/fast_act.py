@@ -32,7 +32,7 @@ import torch
 from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
 from torch import Tensor, nn
 
-from qbench.quant.fast_lstm import _ROUNDING, _walk, _why_not_act
+from qbench.quant.fast_survey import ROUNDING, walk, why_not_act
 
 __all__ = ["QbenchQuantReLU", "why_not_fast_act"]
 
@@ -48,10 +48,10 @@ def why_not_fast_act(layer: qnn.QuantReLU, x: object) -> str | None:
     proxy = layer.act_quant
     if proxy.cache_inference_quant_act:
         return "caching inference activations"
-    reason = _why_not_act(proxy, nn.ReLU)
+    reason = why_not_act(proxy, nn.ReLU)
     if reason is not None:
         return reason
-    for module in _walk(layer):
+    for module in walk(layer):
         if module._forward_hooks or module._forward_pre_hooks:
             return f"hooks on {type(module).__name__}"
     return None
@@ -123,7 +123,7 @@ class QbenchQuantReLU(qnn.QuantReLU):
         zero_point = tq.zero_point_impl(input, scale, bit_width)
         iq = tq.int_quant
         lo, hi = float(iq.min_int(bit_width)), float(iq.max_int(bit_width))  # integers: exact; ATen's scalar clamp
-        rounding = _ROUNDING[type(iq.float_to_int_impl)]
+        rounding = ROUNDING[type(iq.float_to_int_impl)]
         if torch.is_grad_enabled() and (input.requires_grad or scale.requires_grad):
             y = _ReLUQuant.apply(input, scale, lo, hi, rounding)
         else:

@@ -49,23 +49,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from brevitas.core.function_wrapper import FloorSte, RoundSte, RoundToZeroSte
-from brevitas.core.function_wrapper.clamp import TensorClamp
-from brevitas.core.quant import RescalingIntQuant
-from brevitas.core.quant.delay import _NoDelay
 from brevitas.core.scaling import ParameterFromRuntimeStatsScaling
-from brevitas.core.zero_point import ZeroZeroPoint
 from brevitas.quant_tensor import IntQuantTensor, _unpack_quant_tensor
 from torch import Tensor, nn
 
 from qbench.quant.fast_cell import ACC, ACT, CELL, IO, QUANTIZERS, SAVED, TANH, cell_backward, cell_forward
 from qbench.quant.fast_tables import Bound, Quant, Tables
 from qbench.quant.fast_tables import tables as fast_tables
+from qbench.quant.fast_survey import ROUNDING, walk, why_not_act
 
 __all__ = ["fast_forward", "why_not_fast"]
 
 _GATES = ("input", "forget", "cell", "output")  # nn.LSTM's row-block order: i, f, g, o
-_ROUNDING = {RoundSte: "round", FloorSte: "floor", RoundToZeroSte: "trunc"}  # Brevitas STE -> Tensor method
 _ACTIVATION = {  # the activation each cell quantizer applies before quantizing, as the fast loop applies it
     "output_quant": nn.Identity, "cell_state_quant": nn.Identity, "hidden_state_tanh_quant": nn.Tanh,
     **{f"{g}_acc_quant": nn.Identity for g in _GATES},
@@ -97,7 +92,7 @@ def _survey(qlstm: nn.Module, *, collect: bool) -> tuple[str | None, list[Tensor
         if cell.export_mode or cell.cifg or cell.reverse_input or not cell.cell.batch_first:
             return "export mode, coupled gates, reversed or time-major input", []
         for name, activation in _ACTIVATION.items():
-            reason = _why_not_act(getattr(cell.cell, name), activation)
+            reason = why_not_act(getattr(cell.cell, name), activation)
             if reason is not None:
                 return f"{name}: {reason}", []
         for gate in _GATES:
@@ -107,7 +102,7 @@ def _survey(qlstm: nn.Module, *, collect: bool) -> tuple[str | None, list[Tensor
             if params.bias is not None and not params.bias_quant.is_quant_enabled:
                 return f"{gate} bias quantizer disabled", []
     tensors = [*qlstm._parameters.values(), *qlstm._buffers.values()] if collect else []
-    for module in _walk(qlstm.layers):
+    for module in walk(qlstm.layers):
         if module._forward_hooks or module._forward_pre_hooks:
             return f"hooks on {type(module).__name__}", []
         if isinstance(module, ParameterFromRuntimeStatsScaling) and module.training \
@@ -117,35 +112,6 @@ def _survey(qlstm: nn.Module, *, collect: bool) -> tuple[str | None, list[Tensor
             tensors += module._parameters.values()
             tensors += module._buffers.values()
     return None, [t for t in tensors if t is not None]
-
-
-def _walk(module: nn.Module):
-    """``module`` and every submodule (a shared one once per parent): ``Module.modules()`` without
-    its de-duplication, a third of its cost on the every-forward path."""
-    stack = [module]
-    while stack:
-        module = stack.pop()
-        yield module
-        stack.extend(m for m in module._modules.values() if m is not None)
-
-
-def _why_not_act(proxy: nn.Module, activation: type[nn.Module]) -> str | None:
-    fused = proxy.fused_activation_quant_proxy
-    if fused is None or not proxy.is_quant_enabled or proxy.export_mode:
-        return "disabled or exporting"
-    impl = fused.activation_impl
-    if not isinstance(impl, activation) or type(impl).forward is not activation.forward:
-        return f"activation {type(impl).__name__}, expected {activation.__name__}"
-    tq = fused.tensor_quant
-    if type(tq) is not RescalingIntQuant or tq.observer_only:
-        return f"tensor quantizer {type(tq).__name__}"
-    iq = tq.int_quant
-    if type(iq.float_to_int_impl) not in _ROUNDING or type(iq.tensor_clamp_impl) is not TensorClamp \
-            or not isinstance(iq.delay_wrapper.delay_impl, _NoDelay):
-        return "rounding, clamp or delay other than Brevitas' defaults"
-    if type(tq.zero_point_impl) is not ZeroZeroPoint:
-        return "non-zero zero point"
-    return None
 
 
 # --- resolving the quantizers once per forward ------------------------------------------------
@@ -160,7 +126,7 @@ def _resolve(proxies: list[nn.Module], probe: Tensor) -> Quant:
         scales.append(tq.scaling_impl(probe, tq.int_scaling_impl(bit_width)).reshape(()))
         los.append(float(tq.int_quant.min_int(bit_width)))
         his.append(float(tq.int_quant.max_int(bit_width)))
-        roundings.add(_ROUNDING[type(tq.int_quant.float_to_int_impl)])
+        roundings.add(ROUNDING[type(tq.int_quant.float_to_int_impl)])
     if len(roundings) != 1:
         raise ValueError("stacked quantizers must share their rounding")
     if len(proxies) == 1:
