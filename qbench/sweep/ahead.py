@@ -7,9 +7,9 @@ worker processes: the teacher, each fp32 student and each QAT model, started as 
 it needs are in the cache (an undistilled student trains beside the teacher, a distilled one after
 it, a QAT model after its student). A worker runs the Ray executor's stage task
 (:func:`qbench.sweep.ray_tasks.stage_task`), which trains exactly as this process would (same seeds,
-same thread count), so the records are those of ``--jobs 1``. The points are then measured here,
-one at a time as before, finding every model in the cache; latency is timed with no training
-beside it.
+same thread count), so the records are those of ``--jobs 1``. The points are then measured,
+finding every model in the cache: side by side on the same number of workers
+(:mod:`qbench.sweep.parallel`), their latency timed here afterwards with nothing beside it.
 
 A stage that fails is recorded for the points that need it, with its reason (as
 :meth:`Pipeline.once` does); a worker that dies leaves its stage to this process, which trains it
