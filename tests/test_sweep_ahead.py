@@ -132,3 +132,26 @@ def test_a_stage_that_fails_in_a_worker_fails_its_points_with_its_reason(tmp_pat
     brittle = [r for r in records if r["model"] != "lstm"]
     assert brittle and all(r["status"] != STATUS_OK and "brittle: no training" in r["error"] for r in brittle)
     assert all(r["status"] == STATUS_OK for r in records if r["model"] == "lstm")  # the rest of the grid went on
+
+
+def test_points_computed_by_workers_are_timed_here_afterwards(tmp_path, capsys):
+    """With latency on, the workers' records come back latency-pending and this process times them
+    after the last worker: every timed figure is there, and the records say where and when."""
+    argv = ["sweep", "--quick", "--models", "lstm", "--bits", "4", "--distill", "none", "--scale-type", "po2",
+            "--backends", "torch,engine", "--threads", "1", "--no-progress", "--jobs", "2",
+            "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "measured 2/2: " in out
+    doc = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE)
+    assert doc.provenance["executor"]["measured"] == {**doc.provenance["executor"]["measured"], "groups": 2,
+                                                      "points": len(doc.records)}
+    for r in doc.records:
+        assert r["status"] == STATUS_OK, r["error"]
+        assert "latency_pending" not in r
+        assert r["provenance"]["compute"]["executor"] == "local"
+        assert r["provenance"]["compute"]["threads"]["scoring_and_conformance"] == 1
+        if r["method"] == "ptq":
+            continue  # not timed: its QAT twin is
+        assert r["latency"]["b1_t1"]["n"] >= 5, r["id"]  # the Brevitas QAT model too: loaded here from the cache
+        assert r["provenance"]["latency"]["when"].startswith("after every worker finished")
