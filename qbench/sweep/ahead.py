@@ -64,8 +64,7 @@ def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int,
     spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
     outcomes = _run(spec, stages, jobs, report)
     for stage, outcome in outcomes.items():
-        for kind, seconds in outcome.stage_seconds.items():  # summed over workers, which overlap
-            pipe.stage_seconds[kind] = pipe.stage_seconds.get(kind, 0.0) + seconds
+        pipe.book(outcome.stage_seconds)  # summed over workers, which overlap
         if outcome.error is not None:
             pipe.fail_stage(stage.key(pipe.cfg), outcome.error)
     return {"jobs": jobs, "stages": len(stages), "wall_seconds": round(time.perf_counter() - start, 1)}

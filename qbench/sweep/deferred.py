@@ -1,9 +1,10 @@
 """Latency deferred from the process that computes a point to the one that times it.
 
-A worker (a Ray task, or a local measuring process: :mod:`qbench.sweep.parallel`) computes a point's record with qbench's own point functions
-(:mod:`qbench.sweep.points`). Inside :func:`capture_latency`, every latency measurement they ask
-for (:func:`qbench.sweep.points.latency`, the one road to a timing) is recorded instead of run: its runner factory and thread
-counts, with a placeholder where the figures go. :func:`detach` pickles the factories for the
+A worker (a Ray task, or a local measuring process: :mod:`qbench.sweep.parallel`) computes a point's
+record with qbench's own point functions (:mod:`qbench.sweep.points`). Inside
+:func:`capture_latency`, every latency measurement they ask for (:func:`qbench.sweep.points.latency`,
+the one road to a timing) is recorded instead of run: its runner factory and thread counts, with a
+placeholder where the figures go. :func:`detach` pickles the factories for the
 driver and leaves ``{}`` (not measured yet) in the record; the driver times them one at a time
 with the same function, the same inputs and explicit thread counts (:func:`time_deferred`).
 

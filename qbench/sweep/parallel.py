@@ -19,7 +19,6 @@ points it had not returned to this process, which measures them one by one after
 
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import socket
@@ -30,12 +29,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from qbench.records import LATENCY_PENDING
 from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
 from qbench.sweep.ray_graph import Group, task_graph
-from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group
+from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, receive
 from qbench.sweep.run import measure_or_fail
 
 PrepareFn = Callable[[list[Point]], None]
@@ -85,17 +83,8 @@ class ParallelExecutor:
         left: list[Point] = []  # points a dead worker did not return: measured here
         for group, results in self._run(groups, left):
             for result in results:
-                record = result.record
-                for level, line in result.log:
-                    log.log(level, "%s [worker]", line)
-                for stage, seconds in result.stage_seconds.items():
-                    self.pipe.stage_seconds[stage] = self.pipe.stage_seconds.get(stage, 0.0) + seconds
-                if result.deferred:
-                    point = next(p for p in group.points if p.id == record["id"])
-                    record[LATENCY_PENDING] = True
-                    pending[record["id"]] = (point, record, result.deferred)
-                    record = copy.deepcopy(record)
-                yield record
+                point = next(p for p in group.points if p.id == result.record["id"])
+                yield receive(self.pipe, point, result, log, "worker", pending)
         self.measured = {"groups": len(groups), "points": len(todo) - len(left),
                          "wall_seconds": round(time.perf_counter() - start, 1)}
         where = {"host": socket.gethostname(), "thread_counts": self.pipe.thread_counts(),

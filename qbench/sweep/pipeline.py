@@ -95,9 +95,15 @@ class Pipeline:
         finally:
             start, nested = self._open.pop()
             elapsed = time.perf_counter() - start
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + elapsed - nested
+            self.book({stage: elapsed - nested})
             if self._open:
                 self._open[-1][1] += elapsed
+
+    def book(self, seconds: dict[str, float]) -> None:
+        """Add ``seconds`` (stage -> seconds) to this run's stage times; another process's (a training or
+        measuring worker, a Ray task) are summed in too, though they overlapped."""
+        for stage, s in seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + s
 
     # -- stages ------------------------------------------------------------------------------
 

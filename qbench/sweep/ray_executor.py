@@ -22,7 +22,6 @@ recorded per record under ``provenance.compute``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -32,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
-from qbench.records import LATENCY_PENDING, failed_record
+from qbench.records import failed_record
 from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
-from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, group_task, stage_task
+from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, group_task, receive, stage_task
 
 INSTALL = 'pip install -e ".[ray]"'
 RETRIES = 3  # Ray runs a task again after its worker or node died (max_retries); tasks are idempotent
@@ -136,7 +135,7 @@ class RayExecutor:
             ready, _ = self.ray.wait(list(self._groups), num_returns=1)
             yield from self._receive(ready[0], log)
         for outcome in self._stage_outcomes():
-            self._book(outcome.stage_seconds)
+            self.pipe.book(outcome.stage_seconds)
         for point, record, deferred in list(self._untimed.values()):
             yield self._timed(point, record, deferred, log)
 
@@ -195,14 +194,8 @@ class RayExecutor:
         waiting.remove(point)
         if not waiting:
             del self._groups[gen]
-        for level, line in result.log:
-            log.log(level, "%s [task on %s]", line, record["provenance"]["compute"]["host"])
-        self._book(result.stage_seconds)
-        if result.deferred:
-            record[LATENCY_PENDING] = True
-            self._untimed[record["id"]] = (point, record, result.deferred)
-            record = copy.deepcopy(record)
-        yield record
+        yield receive(self.pipe, point, result, log, f"task on {record['provenance']['compute']['host']}",
+                      self._untimed)
 
     def _timed(self, point: Point, record: dict[str, Any], deferred: list[Deferred],
                log: logging.Logger) -> dict[str, Any]:
@@ -226,11 +219,6 @@ class RayExecutor:
     def _stage_outcomes(self) -> Iterator[StageOutcome]:
         for ref in self._stages.values():
             yield self._outcome(ref)
-
-    def _book(self, seconds: dict[str, float]) -> None:
-        """Add a task's stage times to the driver's (summed over tasks, which overlap)."""
-        for stage, s in seconds.items():
-            self.pipe.stage_seconds[stage] = self.pipe.stage_seconds.get(stage, 0.0) + s
 
 
 def _first_line(exc: BaseException) -> str:

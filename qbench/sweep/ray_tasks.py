@@ -3,13 +3,16 @@
 A stage task trains one model into the shared cache and returns a :class:`StageOutcome`; a group
 task measures the points of a :class:`qbench.sweep.ray_graph.Group` in one Pipeline and yields a
 :class:`PointResult` per point as it finishes, its latency captured for the driver
-(:mod:`qbench.sweep.deferred`). A stage that failed upstream fails the points that need it with its
-reason, as :meth:`Pipeline.once` does in-process. Torch's threads are set here, not left to the
-``OMP_NUM_THREADS`` Ray sets to a task's CPUs, and recorded per record (``provenance.compute``).
+(:mod:`qbench.sweep.deferred`); :func:`receive` is what the process writing the records does with
+each (the Ray driver, and :mod:`qbench.sweep.parallel`'s). A stage that failed upstream fails the
+points that need it with its reason, as :meth:`Pipeline.once` does in-process. Torch's threads are
+set here, not left to the ``OMP_NUM_THREADS`` Ray sets to a task's CPUs, and recorded per record
+(``provenance.compute``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -21,7 +24,7 @@ from typing import Any
 
 from qbench.errors import QbenchError
 from qbench.files import is_environment_error, os_error_line
-from qbench.records import STATUS_OK
+from qbench.records import LATENCY_PENDING, STATUS_OK
 from qbench.sweep.config import SweepConfig
 from qbench.sweep.deferred import Deferred, capture_latency, detach
 from qbench.sweep.pipeline import Pipeline, StageFailed
@@ -39,6 +42,10 @@ class TaskSpec:
     thread_counts: tuple[int, ...]  # the driver's, ``0`` (all cores) resolved there, as in-process
     compute_threads: int | None = None  # scoring and conformance threads (None: the largest thread count)
     executor: str = "ray"  # named in each record's provenance.compute
+
+    @property
+    def scoring_threads(self) -> int:
+        return self.compute_threads or max(self.thread_counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +76,14 @@ class TaskPipeline(Pipeline):
 
         super().__init__(spec.cfg, cache_dir=Path(spec.cache_dir), progress=False)
         self._thread_counts = list(spec.thread_counts)
-        self._compute_threads = spec.compute_threads
+        self._compute_threads = spec.scoring_threads
         set_torch_threads(self.compute_threads())  # not Ray's OMP_NUM_THREADS; training sets its own
 
     def thread_counts(self) -> list[int]:
         return list(self._thread_counts)
 
     def compute_threads(self) -> int:
-        return self._compute_threads or super().compute_threads()
+        return self._compute_threads
 
 
 def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
@@ -86,7 +93,7 @@ def compute_provenance(spec: TaskSpec) -> dict[str, Any]:
     cfg = spec.cfg
     return {"executor": spec.executor, "host": socket.gethostname(), "machine_id": machine_id(),
             "threads": {"teacher_training": cfg.teacher_train.threads, "student_training": cfg.student_train.threads,
-                        "qat_training": cfg.qat_train.threads, "scoring_and_conformance": spec.compute_threads or max(spec.thread_counts),
+                        "qat_training": cfg.qat_train.threads, "scoring_and_conformance": spec.scoring_threads,
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}}
 
@@ -150,6 +157,22 @@ def group_task(spec: TaskSpec, group: Group, *upstream: StageOutcome) -> Iterato
         record["provenance"] = {"compute": compute}
         spent = {k: v - before.get(k, 0.0) for k, v in pipe.stage_seconds.items() if v != before.get(k, 0.0)}
         yield PointResult(record, deferred, lines.take(), spent)
+
+
+def receive(pipe: Pipeline, point: Point, result: PointResult, log: logging.Logger, source: str,
+            untimed: dict[str, tuple[Point, dict[str, Any], list[Deferred]]]) -> dict[str, Any]:
+    """What the process that writes the records does with a group task's ``result`` for ``point``:
+    the task's log lines into ``log`` (tagged ``source``), its stage times booked, and the record to
+    write, marked latency-pending with what to time kept in ``untimed`` when it has any."""
+    record = result.record
+    for level, line in result.log:
+        log.log(level, "%s [%s]", line, source)
+    pipe.book(result.stage_seconds)
+    if not result.deferred:
+        return record
+    record[LATENCY_PENDING] = True
+    untimed[record["id"]] = (point, record, result.deferred)
+    return copy.deepcopy(record)  # the kept one is completed later, after this one is written
 
 
 def measure_group(spec: TaskSpec, group: Group, *upstream: StageOutcome) -> list[PointResult]:
