@@ -1,10 +1,10 @@
-"""``python -m qbench`` and the ``qbench`` script: qbench's thread policy, then the CLI."""
+"""``python -m qbench`` and the ``qbench`` script: qbench's process policy (threads, malloc), then the CLI."""
 
-from qbench.provenance import apply_thread_policy
+from qbench.provenance import apply_process_policy
 
 
 def main() -> int:
-    apply_thread_policy()  # before torch is first imported: OpenMP reads OMP_WAIT_POLICY once, at load
+    apply_process_policy()  # before torch is first imported: OpenMP reads OMP_WAIT_POLICY once, at load
     from qbench.cli import main as cli_main
 
     return cli_main()

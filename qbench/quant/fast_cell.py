@@ -35,7 +35,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["ACC", "ACT", "CELL", "IO", "QUANTIZERS", "ROUNDING_MODES", "SAVED", "TANH", "cell_backward", "cell_forward"]
+__all__ = ["ACC", "ACT", "CELL", "IO", "QUANTIZERS", "ROUNDING_MODES", "SAVED", "TANH", "cell_backward", "cell_forward",
+           "clamp_code", "round_code"]
 
 ACC, ACT, CELL, TANH, IO = 0, 4, 8, 9, 10  # first index of each quantizer group
 QUANTIZERS = 11
@@ -53,7 +54,7 @@ ROUNDING_MODES = {"round": 0, "floor": 1, "trunc": 2}
 # LLVM vectorises it: table lookups become gathers.
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def _round(y, mode):
+def round_code(y, mode):
     """Brevitas' rounding: half to even (torch.round), floor or truncation, as selects (exact below 2^24)."""
     r = np.rint(y)
     floor = r - np.float32(1.0) if r > y else r
@@ -62,9 +63,9 @@ def _round(y, mode):
 
 
 @numba.njit(cache=True, fastmath=False, error_model="numpy", inline="always")
-def _code(y, lo, hi, mode):
+def clamp_code(y, lo, hi, mode):
     """clamp(round(y), lo, hi) in float32."""
-    r = _round(y, mode)
+    r = round_code(y, mode)
     return min(max(r, lo), hi)
 
 
@@ -76,7 +77,7 @@ def _fq_grad(grad, y, lo, hi, mode):
     inside the range, ``0`` and ``grad * code`` where it was clamped (round STE, clamp mask, and
     the scale's gradient through both the division and the product).
     """
-    r = _round(y, mode)
+    r = round_code(y, mode)
     code = min(max(r, lo), hi)
     inside = code == r
     return (grad if inside else np.float32(0.0)), grad * (code - y if inside else code)
@@ -104,26 +105,26 @@ def cell_forward(t, ts, xw, hu, hu_gate_major, bias, h, c, out, scale, lo, hi, m
             for j in range(hidden):  # vectorised
                 a = np.float32(np.float32(xw[t, b, k * hidden + j] + hu[row, col + j]) + bias[k, j])
                 y = np.float32(a / s)
-                code[b, j] = np.int32(_code(y, q_lo, q_hi, q_mode)) - act_lo
+                code[b, j] = np.int32(clamp_code(y, q_lo, q_hi, q_mode)) - act_lo
                 saved[ts, Y_ACC + k, b, j] = y
             for j in range(hidden):  # gathers (LLVM declines to vectorise them)
                 saved[ts, PRE + k, b, j] = act_pre[k, code[b, j]]
             for j in range(hidden):  # vectorised
-                act[k, b, j] = np.float32(_code(np.float32(saved[ts, PRE + k, b, j] / s_a), a_lo, a_hi, a_mode) * s_a)
+                act[k, b, j] = np.float32(clamp_code(np.float32(saved[ts, PRE + k, b, j] / s_a), a_lo, a_hi, a_mode) * s_a)
     s_cell, c_lo, c_hi, c_mode = scale[CELL], lo[CELL], hi[CELL], mode[CELL]
     s_th, t_lo, t_hi, t_mode = scale[TANH], lo[TANH], hi[TANH], mode[TANH]
     s_io, h_lo, h_hi, h_mode = scale[IO], lo[IO], hi[IO], mode[IO]
     for b in range(batch):
         for j in range(hidden):  # vectorised: loads from two arrays, stores to one
             y_fc = np.float32(np.float32(act[1, b, j] * c[b, j]) / s_cell)
-            fc = np.float32(_code(y_fc, c_lo, c_hi, c_mode) * s_cell)
+            fc = np.float32(clamp_code(y_fc, c_lo, c_hi, c_mode) * s_cell)
             y_ig = np.float32(np.float32(act[0, b, j] * act[2, b, j]) / s_cell)
-            ig = np.float32(_code(y_ig, c_lo, c_hi, c_mode) * s_cell)
+            ig = np.float32(clamp_code(y_ig, c_lo, c_hi, c_mode) * s_cell)
             y_c = np.float32(np.float32(fc + ig) / s_cell)
             rows[0, j] = y_fc
             rows[1, j] = y_ig
             rows[2, j] = y_c
-            rows[3, j] = _code(y_c, c_lo, c_hi, c_mode)
+            rows[3, j] = clamp_code(y_c, c_lo, c_hi, c_mode)
         for i in range(3):
             for j in range(hidden):
                 saved[ts, Y_FC + i, b, j] = rows[i, j]
@@ -136,10 +137,10 @@ def cell_forward(t, ts, xw, hu, hu_gate_major, bias, h, c, out, scale, lo, hi, m
         for j in range(hidden):  # gathers
             saved[ts, PRE + 4, b, j] = tanh_pre[code[b, j]]
         for j in range(hidden):  # vectorised
-            th = np.float32(_code(np.float32(saved[ts, PRE + 4, b, j] / s_th), t_lo, t_hi, t_mode) * s_th)
+            th = np.float32(clamp_code(np.float32(saved[ts, PRE + 4, b, j] / s_th), t_lo, t_hi, t_mode) * s_th)
             y_h = np.float32(np.float32(act[3, b, j] * th) / s_io)
             rows[0, j] = y_h
-            rows[1, j] = np.float32(_code(y_h, h_lo, h_hi, h_mode) * s_io)
+            rows[1, j] = np.float32(clamp_code(y_h, h_lo, h_hi, h_mode) * s_io)
         for j in range(hidden):
             saved[ts, Y_IO, b, j] = rows[0, j]
         for j in range(hidden):
@@ -152,7 +153,7 @@ def cell_forward(t, ts, xw, hu, hu_gate_major, bias, h, c, out, scale, lo, hi, m
 def _value(pre, s, lo, hi, mode):
     """The fake-quantized activation of ``pre`` and its ``y = pre / s``, as the forward made them."""
     y = np.float32(pre / s)
-    return np.float32(_code(y, lo, hi, mode) * s), y
+    return np.float32(clamp_code(y, lo, hi, mode) * s), y
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")

@@ -40,7 +40,9 @@ from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, group_ta
 
 INSTALL = 'pip install -e ".[ray]"'
 RETRIES = 3  # Ray runs a task again after its worker or node died (max_retries); tasks are idempotent
-PASSED_ENV = ("OMP_WAIT_POLICY", "QBENCH_KERNEL_ISA", "QBENCH_EMULATOR")  # qbench's process settings, to every task
+# qbench's process settings, to every task
+PASSED_ENV = ("OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "QBENCH_KERNEL_ISA",
+              "QBENCH_EMULATOR")
 
 
 def require_ray():
