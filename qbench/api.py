@@ -58,12 +58,14 @@ def stage_points(cfg: SweepConfig, stage: str) -> list[Point]:
 
 
 def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None, todo: Sequence[Point] = (),
-            jobs: int = 1):
+            jobs: int = 1, measure: bool = False):
     """What every point needs, built before any point: the dataset (passed to ``show``), each
     student checked against its contract, and the teacher when some student is distilled. With
     ``jobs`` > 1, every model the points of ``todo`` need is trained first, ``jobs`` at a time in
-    worker processes (:mod:`qbench.sweep.ahead`; ``pipe.ahead`` says how it went). Raises the
-    one-line error of the first stage that cannot be built. Returns the dataset."""
+    worker processes (:mod:`qbench.sweep.ahead`; ``pipe.ahead`` says how it went), and with
+    ``measure`` idle workers measure points whose models are trained, for the measuring executor
+    (:mod:`qbench.sweep.parallel`). Raises the one-line error of the first stage that cannot be
+    built. Returns the dataset."""
     from qbench.sweep.ahead import train_ahead
 
     dataset = pipe.dataset()
@@ -71,7 +73,7 @@ def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None, todo: 
         show(dataset)
     for model in pipe.cfg.models:
         pipe.check_student(model)
-    pipe.ahead = train_ahead(pipe, list(todo), jobs=jobs)
+    pipe.ahead = train_ahead(pipe, list(todo), jobs=jobs, measure=measure)
     if pipe.cfg.needs_teacher:
         pipe.teacher()
     return dataset

@@ -113,7 +113,11 @@ def test_a_grid_trained_ahead_records_what_one_job_records(tmp_path, capsys):
     assert "executor" not in one.provenance
     # the QAT workers calibrated the PTQ models and cached them; this process loaded them (same figures)
     assert len(list((tmp_path / "cache-ahead" / "models").glob("ptq-*.pt"))) == 2
-    assert ahead.provenance["executor"]["measured"]["points"] == len(one.records)  # computed side by side too
+    measured = ahead.provenance["executor"]["measured"]
+    assert measured["points"] == len(one.records)  # computed side by side too
+    # by the training workers, each group as soon as its models were trained and a worker was free
+    assert measured["with_training"] == measured["groups"] == ahead.provenance["executor"]["groups_measured"]
+    assert out.count("latency is timed after the last") == measured["groups"]
     # everything cached: a re-measure trains nothing, and measures side by side again
     again = sweep("ahead", "--jobs", "2", "--fresh")
     assert not re.search(r"^ahead[ :]", capsys.readouterr().out, re.M) and "stages" not in again.provenance["executor"]
@@ -142,7 +146,7 @@ def test_points_computed_by_workers_are_timed_here_afterwards(tmp_path, capsys):
             "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "measured 2/2: " in out
+    assert out.count("latency is timed after the last") == 2  # the training workers measured both groups
     doc = ResultsDocument.load(tmp_path / "out" / RESULTS_FILE)
     assert doc.provenance["executor"]["measured"] == {**doc.provenance["executor"]["measured"], "groups": 2,
                                                       "points": len(doc.records)}

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pipeline = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
     jobs = resolve_jobs(args)
-    prepare = _shared_stages(pipeline, jobs=jobs)
+    prepare = _shared_stages(pipeline, jobs=jobs, measure=make_executor is None)
     executor = make_executor(pipeline) if make_executor is not None else ParallelExecutor(pipeline, jobs=jobs,
                                                                                          prepare=prepare)
     with executor:
@@ -179,14 +179,15 @@ def _first_line(reason: str | None) -> str:
     return lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
 
 
-def _shared_stages(pipeline, *, jobs: int):
+def _shared_stages(pipeline, *, jobs: int, measure: bool):
     """``prepare`` for run_sweep: the dataset and (for a distilled grid) the teacher, which every
     point needs, so when either cannot be built the sweep stops with that one reason instead of
-    recording every point as failed with it; and every model the points need, ``jobs`` at a time."""
+    recording every point as failed with it; and every model the points need, ``jobs`` at a time
+    (``measure``: idle workers measure points meanwhile, for :class:`ParallelExecutor`)."""
     from qbench.api import prepare as prepare_stages
 
     def prepare(todo) -> None:
-        prepare_stages(pipeline, show=show_data, todo=todo, jobs=jobs)
+        prepare_stages(pipeline, show=show_data, todo=todo, jobs=jobs, measure=measure)
 
     return prepare
 

@@ -11,6 +11,14 @@ same thread count), so the records are those of ``--jobs 1``. The points are the
 finding every model in the cache: side by side on the same number of workers
 (:mod:`qbench.sweep.parallel`), their latency timed here afterwards with nothing beside it.
 
+With ``measure`` (the sweep command), a worker that no model can use yet measures a group of
+points whose models are all trained (:func:`qbench.sweep.ray_tasks.measure_group`, as
+:mod:`qbench.sweep.parallel` runs it), largest groups first: while the teacher trains, the
+undistilled students' points; while the last QAT models train, the others'. The results wait in
+``pipe.measured_ahead`` for the measuring executor, which writes them and times their latency with
+the rest. A model that can start always goes before a group, but a group already running holds its
+worker until it finishes.
+
 A stage that fails is recorded for the points that need it, with its reason (as
 :meth:`Pipeline.once` does); a worker that dies leaves its stage to this process, which trains it
 when a point first needs it.
@@ -18,6 +26,7 @@ when a point first needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sys
 import time
@@ -28,8 +37,8 @@ from pathlib import Path
 
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.sweep.ray_graph import TEACHER, Stage, task_graph
-from qbench.sweep.ray_tasks import StageOutcome, TaskSpec, stage_task
+from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
+from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, stage_task
 
 
 def ahead_stages(pipe: Pipeline, todo: list[Point]) -> list[Stage]:
@@ -48,12 +57,21 @@ def needs(stage: Stage) -> list[Stage]:
     return upstream
 
 
-def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int,
+def group_needs(group: Group) -> list[Stage]:
+    """The stages whose models ``group``'s points load: its :attr:`Group.needs` and, for PTQ and QAT
+    points, the QAT stage, which also calibrates the PTQ model."""
+    qat = [Stage("qat", p.model, p.distill, bits=p.bits) for p in group.points[:1] if group.key[0] == "quant"]
+    return [*group.needs, *qat]
+
+
+def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int, measure: bool = False,
                 report: Callable[[str], None] | None = None) -> dict[str, float] | None:
     """Train what ``todo`` needs and the cache lacks on ``jobs`` processes; failed stages are memoised
-    in ``pipe`` with their reasons. Returns ``{"jobs", "stages", "wall_seconds"}``, or None when
-    there is nothing to run side by side (one job, fewer than two models to train, or a dataset held
-    in memory, which worker processes cannot rebuild)."""
+    in ``pipe`` with their reasons. ``measure``: idle workers measure the groups of ``todo`` whose
+    models are trained, into ``pipe.measured_ahead`` (see the module doc). Returns ``{"jobs",
+    "stages", "wall_seconds", "groups_measured"}``, or None when there is nothing to run side by side
+    (one job, fewer than two models to train, or a dataset held in memory, which worker processes
+    cannot rebuild)."""
     if jobs < 2 or pipe.holds_dataset:
         return None
     stages = [s for s in ahead_stages(pipe, todo) if not _cached(pipe, s)]
@@ -62,12 +80,15 @@ def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int,
     report = report or (lambda line: print(line, flush=True))
     start = time.perf_counter()
     spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
-    outcomes = _run(spec, stages, jobs, report)
+    groups = sorted(task_graph(pipe.cfg, todo)[1], key=lambda g: -len(g.points)) if measure else []
+    outcomes, measured = _run(spec, stages, jobs, report, groups)
     for stage, outcome in outcomes.items():
         pipe.book(outcome.stage_seconds)  # summed over workers, which overlap
         if outcome.error is not None:
             pipe.fail_stage(stage.key(pipe.cfg), outcome.error)
-    return {"jobs": jobs, "stages": len(stages), "wall_seconds": round(time.perf_counter() - start, 1)}
+    pipe.measured_ahead = measured
+    return {"jobs": jobs, "stages": len(stages), "wall_seconds": round(time.perf_counter() - start, 1),
+            "groups_measured": len(measured)}
 
 
 def _cached(pipe: Pipeline, stage: Stage) -> bool:
@@ -79,14 +100,21 @@ def _cached(pipe: Pipeline, stage: Stage) -> bool:
     return pipe.student_path(stage.model, stage.distill, stage.seed).exists()
 
 
-def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None]) -> dict[Stage, StageOutcome]:
-    """Each stage's outcome; a stage whose worker died has none (this process trains it later)."""
-    pending, done = list(stages), {}
-    running: dict[Future, tuple[Stage, float]] = {}
+def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None],
+         groups: list[Group]) -> tuple[dict[Stage, StageOutcome], dict[tuple, list[PointResult]]]:
+    """Each stage's outcome, and the results of the ``groups`` measured in between; a stage whose
+    worker died has none (this process trains it later), nor a group left unmeasured."""
+    pending, waiting, done, measured = list(stages), list(groups), {}, {}
+    running: dict[Future, tuple[Stage | Group, float]] = {}
     total = len(stages)
+    measure_spec = dataclasses.replace(spec, compute_threads=1, executor="local")  # as qbench.sweep.parallel's
+
+    def trained(needed: list[Stage]) -> bool:
+        return all(s in done and done[s].error is None for s in needed if s in stages)
+
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            while pending or running:
+            while True:
                 for stage in list(pending):
                     if len(running) >= jobs:
                         break
@@ -97,17 +125,30 @@ def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str],
                     running[pool.submit(stage_task, spec, stage, *(done[s] for s in upstream))] = \
                         (stage, time.perf_counter())
                     report(f"ahead: {stage.name(spec.cfg)} started")  # a teacher trains for minutes
-                if not running:  # what is left waits on a stage whose worker died
+                for group in list(waiting):
+                    if len(running) >= jobs:
+                        break
+                    if trained(group_needs(group)):  # a failed model's group is left to the measuring executor
+                        waiting.remove(group)
+                        running[pool.submit(measure_group, measure_spec, group)] = (group, time.perf_counter())
+                if not running:  # done, or what is left waits on a stage whose worker died
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    stage, began = running.pop(future)
-                    name = stage.name(spec.cfg)
+                    task, began = running.pop(future)
+                    name = task.name if isinstance(task, Group) else task.name(spec.cfg)
                     try:
-                        done[stage] = outcome = future.result()
+                        result = future.result()
                     except BrokenProcessPool as exc:
-                        report(f"ahead: {name}: its worker died ({exc}); this process trains it when needed")
-                        return done
+                        report(f"ahead: {name}: its worker died ({exc}); this process "
+                               f"{'measures' if isinstance(task, Group) else 'trains'} it when needed")
+                        return done, measured
+                    if isinstance(task, Group):
+                        measured[task.key] = result
+                        report(f"ahead: measured {name} ({len(task.points)} points) in "
+                               f"{time.perf_counter() - began:.0f} s; latency is timed after the last")
+                        continue
+                    done[task] = outcome = result
                     if outcome.traceback:  # not a user error: where it broke, as in-process
                         print(outcome.traceback, file=sys.stderr, end="")
                     state = f"trained in {time.perf_counter() - began:.0f} s" if outcome.error is None else \
@@ -118,4 +159,4 @@ def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str],
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return done
+    return done, measured

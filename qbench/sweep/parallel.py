@@ -1,7 +1,8 @@
 """Measuring side by side: the in-process sweep's points computed by worker processes, their latency
 timed here afterwards (``qbench sweep --jobs N``, N >= 2; N defaults to the usable cores).
 
-After the models are trained (:mod:`qbench.sweep.ahead`), what is left is scoring the test split,
+After the models are trained (:mod:`qbench.sweep.ahead`, whose idle workers already measured the
+groups they could: those results are written first), what is left is scoring the test split,
 exporting, checking conformance and timing. Only timing needs the machine to itself. So the points
 are measured as the Ray executor measures them, on a local pool of ``jobs`` worker processes: each
 worker runs the Ray executor's group task (:func:`qbench.sweep.ray_tasks.group_task`: the points
@@ -19,6 +20,7 @@ points it had not returned to this process, which measures them one by one after
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import socket
@@ -74,18 +76,23 @@ class ParallelExecutor:
 
     def records(self, todo: list[Point], log: logging.Logger) -> Iterator[dict[str, Any]]:
         _, groups = task_graph(self.pipe.cfg, todo)
-        if self.jobs < 2 or self.pipe.holds_dataset or len(groups) < 2:
+        early = {g.key: self.pipe.measured_ahead[g.key] for g in groups if g.key in self.pipe.measured_ahead
+                 and [r.record["id"] for r in self.pipe.measured_ahead[g.key]] == [p.id for p in g.points]}
+        later = [g for g in groups if g.key not in early]
+        if not early and (self.jobs < 2 or self.pipe.holds_dataset or len(groups) < 2):
             for point in todo:
                 yield measure_or_fail(point, self.pipe.measure, log)
             return
         start = time.perf_counter()
         pending: dict[str, tuple[Point, dict[str, Any], list[Deferred]]] = {}
         left: list[Point] = []  # points a dead worker did not return: measured here
-        for group, results in self._run(groups, left):
+        measured_ahead = ((g, early[g.key]) for g in groups if g.key in early)  # while models trained
+        for group, results in itertools.chain(measured_ahead, self._run(later, left) if later else ()):
             for result in results:
                 point = next(p for p in group.points if p.id == result.record["id"])
                 yield receive(self.pipe, point, result, log, "worker", pending)
-        self.measured = {"groups": len(groups), "points": len(todo) - len(left),
+        self.pipe.measured_ahead = {}
+        self.measured = {"groups": len(groups), "with_training": len(early), "points": len(todo) - len(left),
                          "wall_seconds": round(time.perf_counter() - start, 1)}
         where = {"host": socket.gethostname(), "thread_counts": self.pipe.thread_counts(),
                  "when": "after every worker finished, one measurement at a time"}

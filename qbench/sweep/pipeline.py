@@ -51,6 +51,7 @@ class Pipeline:
         self._memo: dict[tuple, Any] = {}
         self.holds_dataset = dataset is not None  # in memory only: another process cannot rebuild it
         self.ahead: dict[str, Any] | None = None  # how models were trained ahead (qbench.sweep.ahead), if they were
+        self.measured_ahead: dict[tuple, list] = {}  # group key -> its PointResults, measured while models trained
         if dataset is not None:
             self._memo[("data",)] = self._memo[("teacher-data",)] = keyed_dataset(dataset)
         self.stage_seconds: dict[str, float] = {}  # wall time per stage in this run (see STAGES)
