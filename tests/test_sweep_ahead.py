@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 import pytest
 
@@ -159,3 +160,36 @@ def test_points_computed_by_workers_are_timed_here_afterwards(tmp_path, capsys):
             continue  # not timed: its QAT twin is
         assert r["latency"]["b1_t1"]["n"] >= 5, r["id"]  # the Brevitas QAT model too: loaded here from the cache
         assert r["provenance"]["latency"]["when"].startswith("after every worker finished")
+
+
+KILLED_PARENT = """
+import os, sys, time
+from qbench.sweep.pool import worker_pool
+pool = worker_pool(1)
+pid = pool.submit(os.getpid).result()
+pool.submit(time.sleep, 120)
+print(pid, flush=True)
+os.kill(os.getpid(), 9)  # as kill -9 or the OOM killer: no shutdown runs
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+def test_workers_die_with_a_sweep_killed_outright(tmp_path):
+    import subprocess
+    import time
+
+    done = subprocess.run([sys.executable, "-c", KILLED_PARENT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr[-2000:]
+    worker = int(done.stdout.split()[0])
+
+    def alive() -> bool:  # a zombie waiting for its new parent to reap it is dead
+        try:
+            with open(f"/proc/{worker}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.2)
+    assert not alive(), "the worker outlived the sweep's process"

@@ -27,16 +27,16 @@ when a point first needs it.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
+from qbench.sweep.pool import worker_pool
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, stage_task
 
@@ -112,7 +112,7 @@ def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str],
     def trained(needed: list[Stage]) -> bool:
         return all(s in done and done[s].error is None for s in needed if s in stages)
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(jobs) as pool:
         try:
             while True:
                 for stage in list(pending):

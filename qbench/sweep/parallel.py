@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
+from qbench.sweep.pool import worker_pool
 from qbench.sweep.ray_graph import Group, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, receive
 from qbench.sweep.run import measure_or_fail
@@ -110,7 +110,7 @@ class ParallelExecutor:
         running: dict[Future, Group] = {}
         done, start = 0, time.perf_counter()
         groups = sorted(groups, key=lambda g: -len(g.points))  # the largest first: the last to finish is short
-        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(self.jobs) as pool:
             try:
                 for group in groups:
                     running[pool.submit(measure_group, spec, group, *self._failed_upstream(group))] = group
