@@ -171,9 +171,7 @@ def _kernel_args(scale: Tensor, lo: float, hi: float, rounding: str) -> tuple:
 
 
 def _forward_fused(x: Tensor, scale: Tensor, lo: float, hi: float, rounding: str) -> Tensor:
-    """:func:`_forward_aten`'s values in one compiled pass when :func:`_compiled` allows it."""
-    if not _compiled(x, scale, rounding):
-        return _forward_aten(x, scale, lo, hi, rounding)
+    """:func:`_forward_aten`'s values in one compiled pass (the caller checked :func:`_compiled`)."""
     out = torch.empty_like(x)  # dense input: the same strides
     _forward_kernel(_storage(x), *_kernel_args(scale, lo, hi, rounding), _storage(out))
     return out
