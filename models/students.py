@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from models.frontend import ClipNorm, ClipNormMode, as_image
+from models.fused import run_sequential
 from models.registry import register_student
 
 
@@ -107,7 +108,7 @@ class _FreqPooledCNN(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', C): the conv map before global pooling, averaged over frequency."""
-        fmap = self.body(as_image(self.clip_norm(x)))  # (B, C, T', F')
+        fmap = run_sequential(self.body, as_image(self.clip_norm(x)))  # (B, C, T', F'); BN+ReLU fused in training
         return self.freq_pool(fmap).squeeze(3).transpose(1, 2)
 
     def classify(self, feats: Tensor) -> Tensor:
@@ -166,7 +167,7 @@ class CRNNStudent(nn.Module):
 
     def temporal_features(self, x: Tensor) -> Tensor:
         """(B, T, F) -> (B, T', hidden) LSTM outputs over the conv map's time steps."""
-        fmap = self.conv(as_image(self.clip_norm(x)))  # (B, C, T', F')
+        fmap = run_sequential(self.conv, as_image(self.clip_norm(x)))  # (B, C, T', F'); BN+ReLU fused in training
         b, c, t, f = fmap.shape
         out, _ = self.lstm(fmap.permute(0, 2, 1, 3).reshape(b, t, c * f))
         return out
