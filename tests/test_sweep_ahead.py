@@ -9,13 +9,17 @@ import argparse
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from qbench.cli import main
 from qbench.distill import DistillMode
 from qbench.records import STATUS_OK, ResultsDocument
-from qbench.sweep.ahead import ahead_stages, needs
+from qbench.data import build_dataset
+from qbench.data.dataset import cache_path
+from qbench.sweep.ahead import ahead_stages, needs, teacher_data_beside
 from qbench.sweep.config import SweepConfig
+from qbench.sweep.options import quick_preset
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import plan_points
 from qbench.sweep.ray_graph import TEACHER, Stage
@@ -193,3 +197,45 @@ def test_workers_die_with_a_sweep_killed_outright(tmp_path):
     while time.monotonic() < deadline and alive():
         time.sleep(0.2)
     assert not alive(), "the worker outlived the sweep's process"
+
+
+def _two_datasets(tmp_path) -> Pipeline:
+    """A distilled grid whose teacher learns from its own, bigger draw of 1 s clips."""
+    cfg = quick_preset(SweepConfig()).replace(teacher_clips_per_class=16)
+    assert cfg.teacher_data != cfg.data
+    return Pipeline(cfg, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_the_teachers_data_builds_beside_the_sweeps(tmp_path):
+    pipe = _two_datasets(tmp_path)
+    lines = []
+    with teacher_data_beside(pipe, jobs=2, report=lines.append):
+        student = pipe.dataset()
+    assert lines == ["data: the teacher's dataset builds in a worker beside this one"]
+    assert cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()
+    built_here = pipe.stage_seconds["data"]
+    teacher = pipe.teacher_dataset()  # loaded from the worker's cache file
+    assert teacher.from_cache and not student.from_cache and len(teacher.train.x) > len(student.train.x)
+    assert pipe.stage_seconds["data"] > built_here  # the worker's seconds booked too
+    fresh = build_dataset(pipe.cfg.teacher_data, cache_dir=tmp_path / "other", progress=False)
+    for ours, theirs in zip(teacher.splits().values(), fresh.splits().values()):
+        assert np.array_equal(ours.x, theirs.x) and np.array_equal(ours.y, theirs.y)
+    # with everything cached (or one job, or no teacher to train) nothing runs beside
+    with teacher_data_beside(pipe, jobs=2, report=lines.append):
+        pass
+    assert len(lines) == 1
+
+
+def test_one_job_builds_the_teachers_data_when_the_teacher_trains(tmp_path):
+    pipe = _two_datasets(tmp_path)
+    with teacher_data_beside(pipe, jobs=1, report=pytest.fail):
+        pipe.dataset()
+    assert not cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()
+
+
+def test_a_failing_sweep_dataset_stops_the_teachers(tmp_path):
+    pipe = _two_datasets(tmp_path)
+    with pytest.raises(RuntimeError, match="bad data"):
+        with teacher_data_beside(pipe, jobs=2, report=lambda line: None):
+            raise RuntimeError("bad data")
+    assert not cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()

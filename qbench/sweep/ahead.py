@@ -22,23 +22,77 @@ worker until it finishes.
 A stage that fails is recorded for the points that need it, with its reason (as
 :meth:`Pipeline.once` does); a worker that dies leaves its stage to this process, which trains it
 when a point first needs it.
+
+Before that, while this process builds the sweep's dataset, the teacher's own (a bigger draw of the
+generator) is built into the cache beside it (:func:`teacher_data_beside`): the teacher is the cold
+sweep's critical path, and its data had waited for the sweep's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.sweep.pool import worker_pool
+from qbench.sweep.pool import die_with_parent, worker_pool
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, stage_task
+
+
+@contextlib.contextmanager
+def teacher_data_beside(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Build the teacher's dataset into the cache in a worker process while the block runs (and wait
+    for it after), when the sweep has ``jobs`` > 1 and is about to generate both its dataset and the
+    teacher's; otherwise just run the block. The worker's time is booked to the data stage. If the
+    worker fails, the teacher's stage builds the data itself and reports what went wrong; if the
+    block raises, the worker is stopped."""
+    cfg = pipe.cfg
+    from qbench.data.dataset import cache_path
+
+    # Neither dataset cached means no teacher trained on them either (unless the cache was pruned by
+    # hand; the teacher's path cannot be known before the sweep's dataset is).
+    if jobs < 2 or pipe.holds_dataset or not cfg.needs_teacher or cfg.teacher_data == cfg.data \
+            or not cfg.data.kind.synthetic \
+            or any(cache_path(c, pipe.cache_dir).exists() for c in (cfg.data, cfg.teacher_data)):
+        yield
+        return
+    context = multiprocessing.get_context("spawn")
+    seconds = context.SimpleQueue()
+    worker = context.Process(target=_build_teacher_data, args=(os.getpid(), cfg.teacher_data, str(pipe.cache_dir),
+                                                                seconds), daemon=True)
+    worker.start()
+    (report or (lambda line: print(line, flush=True)))("data: the teacher's dataset builds in a worker beside this one")
+    try:
+        yield
+    except BaseException:
+        worker.terminate()
+        raise
+    finally:
+        worker.join()
+    if worker.exitcode == 0 and not seconds.empty():
+        pipe.book({"data": seconds.get()})
+
+
+def _build_teacher_data(parent: int, data, cache_dir: str, seconds) -> None:
+    """The worker of :func:`teacher_data_beside`: build (and cache) ``data``, send its seconds."""
+    die_with_parent(parent)
+    from qbench.data import build_dataset
+
+    start = time.perf_counter()
+    try:
+        build_dataset(data, cache_dir=cache_dir, progress=False)
+    except Exception:  # noqa: BLE001 (the teacher's stage builds it again and reports why it fails)
+        return
+    seconds.put(time.perf_counter() - start)
 
 
 def ahead_stages(pipe: Pipeline, todo: list[Point]) -> list[Stage]:
