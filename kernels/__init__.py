@@ -4,12 +4,18 @@
 engine (:class:`IntLSTMEngine`) and the ONNX LSTM exporter both build from.
 """
 
-from kernels.conformance import agreement, brevitas_codes, step_agreement
-from kernels.engine import EngineOutput, IntLSTMEngine, KernelBackend, LSTMStream
-from kernels.extract import UnsupportedQuantizer, extract_lstm
-from kernels.model import GATES, IntLinear, IntLSTMLayer, IntLSTMModel, QuantSpec
-from kernels.pack import pack_codes, packed_nbytes, unpack_codes
-from kernels.storage import load_model, save_model
+import importlib
+
+# Loaded on first use (PEP 562): ``kernels.conformance`` imports Brevitas (2 s), which a process
+# that only asks ``kernels.simd`` for its ISA (a resumed sweep's provenance) never needs.
+_WHERE = {
+    "agreement": "conformance", "brevitas_codes": "conformance", "step_agreement": "conformance",
+    "EngineOutput": "engine", "IntLSTMEngine": "engine", "KernelBackend": "engine", "LSTMStream": "engine",
+    "UnsupportedQuantizer": "extract", "extract_lstm": "extract",
+    "GATES": "model", "IntLinear": "model", "IntLSTMLayer": "model", "IntLSTMModel": "model", "QuantSpec": "model",
+    "pack_codes": "pack", "packed_nbytes": "pack", "unpack_codes": "pack",
+    "load_model": "storage", "save_model": "storage",
+}
 
 __all__ = [
     "GATES",
@@ -32,3 +38,15 @@ __all__ = [
     "step_agreement",
     "unpack_codes",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"kernels.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from qbench.errors import QbenchError
@@ -26,7 +28,15 @@ def register_recurrent(*types: type[nn.Module]) -> None:
     _RECURRENT_TYPES.extend(t for t in types if t not in _RECURRENT_TYPES)
 
 
+def _brevitas_loaded() -> bool:
+    """Whether Brevitas' layers are imported: a model that holds them has imported them, so a check of
+    a float model need not pay Brevitas' import (3 s; a resumed sweep makes no other use of it)."""
+    return "brevitas.nn" in sys.modules
+
+
 def _brevitas_recurrent() -> None:
+    if not _brevitas_loaded():
+        return
     from brevitas.nn import QuantLSTM, QuantRNN
 
     register_recurrent(QuantLSTM, QuantRNN)
@@ -58,14 +68,17 @@ def first_int(v) -> int:
 def lstm_student_parts(model: nn.Module):
     """(clip_norm, frame_pool, input_norm, lstm, pooling, head) of a ``models.LSTMStudent``-shaped
     model, float (``nn.LSTM``) or quantized (``QuantLSTM``); a QbenchError naming the shape if not."""
-    from brevitas.nn import QuantLSTM
-
     from models.frontend import ClipNorm
 
+    lstm_types: tuple[type, ...] = (nn.LSTM,)
+    if _brevitas_loaded():
+        from brevitas.nn import QuantLSTM
+
+        lstm_types = (QuantLSTM, nn.LSTM)
     names = ("clip_norm", "frame_pool", "input_norm", "lstm", "pool", "fc", "dropout")
     parts = {name: getattr(model, name, None) for name in names}
     expected = {"clip_norm": (ClipNorm, type(None)), "frame_pool": (nn.AvgPool1d, type(None)),
-                "input_norm": (nn.BatchNorm1d, type(None)), "lstm": (QuantLSTM, nn.LSTM),
+                "input_norm": (nn.BatchNorm1d, type(None)), "lstm": lstm_types,
                 "pool": (nn.Module, type(None)), "fc": (nn.Linear,), "dropout": (nn.Dropout, type(None))}
     known = {id(m) for m in parts.values() if m is not None}
     pooling = "last" if parts["pool"] is None else "mean"  # the student's classify(): feats[:, -1] or pool(feats)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import firwin, resample_poly
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 
@@ -22,6 +21,8 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     """Polyphase resampling along the last axis; returns float32."""
     if src_rate == dst_rate:
         return np.asarray(audio, dtype=np.float32)
+    from scipy.signal import resample_poly  # 1.4 s to import: only a run that resamples pays it
+
     g = gcd(int(src_rate), int(dst_rate))
     up, down = dst_rate // g, src_rate // g
     return resample_poly(audio, up, down, axis=-1, window=_lowpass(up, down)).astype(np.float32, copy=False)
@@ -31,6 +32,8 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 def _lowpass(up: int, down: int) -> np.ndarray:
     # resample_poly's own default design (Kaiser beta 5, 10 taps per phase), built once
     # instead of per call: designing it costs more than filtering a short word.
+    from scipy.signal import firwin
+
     max_rate = max(up, down)
     taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
     taps.setflags(write=False)
