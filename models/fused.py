@@ -18,7 +18,9 @@ are untouched.
   variance, ``momentum`` updates), for a channels-last map. Forward: one pass for the per-channel
   sums, one to write the output. Backward: one pass for the per-channel sums of the gradient, one
   to write the input's gradient. PyTorch's chain (statistics, normalise, ReLU; ReLU's backward,
-  BatchNorm's two backward passes) reads and writes the map 13 times against 8 here. Sums are
+  BatchNorm's two backward passes) reads and writes the map 13 times against 8 here (on the
+  AMD EPYC's memory-bound 2-core VM a DS-CNN step showed no measurable difference from it:
+  ``tests/benchmarks/test_bench_training.py``, 1.01x [0.98, 1.06]). Sums are
   accumulated in float64 (PyTorch's are float32), so results differ from PyTorch's by float32
   rounding; ``tests/test_models_fused.py`` bounds the difference.
 
