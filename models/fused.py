@@ -19,8 +19,8 @@ are untouched.
   sums, one to write the output. Backward: one pass for the per-channel sums of the gradient, one
   to write the input's gradient. PyTorch's chain (statistics, normalise, ReLU; ReLU's backward,
   BatchNorm's two backward passes) reads and writes the map 13 times against 8 here (on the
-  AMD EPYC's memory-bound 2-core VM a DS-CNN step showed no measurable difference from it:
-  ``tests/benchmarks/test_bench_training.py``, 1.01x [0.98, 1.06]). Sums are
+  AMD EPYC's memory-bound 2-core VM that bought a DS-CNN step a few percent at most:
+  ``tests/benchmarks/test_bench_training.py``, 1.01-1.08x in three runs). Sums are
   accumulated in float64 (PyTorch's are float32), so results differ from PyTorch's by float32
   rounding; ``tests/test_models_fused.py`` bounds the difference.
 
@@ -234,6 +234,11 @@ def batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     with ``bn``'s running statistics updated as its own forward would; otherwise PyTorch's."""
     if fused_batch_norm_relu_declined(x, bn) is not None:
         return _reference_batch_norm_relu(x, bn)
+    return _fused_batch_norm_relu(x, bn)
+
+
+def _fused_batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """:func:`batch_norm_relu` where :func:`fused_batch_norm_relu_declined` said None."""
     out, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, bn.eps)
     if bn.track_running_stats:
         with torch.no_grad():
@@ -253,7 +258,7 @@ def run_sequential(body: nn.Sequential, x: Tensor) -> Tensor:
         nxt = modules[i + 1] if i + 1 < len(modules) else None
         if type(nxt) is nn.ReLU and not (nxt._forward_hooks or nxt._forward_pre_hooks) \
                 and fused_batch_norm_relu_declined(x, module) is None:
-            x = batch_norm_relu(x, module)
+            x = _fused_batch_norm_relu(x, module)  # checked just above
             i += 2
         else:
             x = module(x)

@@ -50,6 +50,13 @@ def median_interval(n: int, *, level: float = 0.95) -> tuple[int, int]:
     return best - 1, n - best
 
 
+def median_with_interval(values: np.ndarray) -> tuple[float, Interval]:
+    """The median of ``values`` and its distribution-free 95 % interval (:func:`median_interval`)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    lo, hi = median_interval(ordered.size)
+    return float(np.median(ordered)), (float(ordered[lo]), float(ordered[hi]))
+
+
 def resample_indices(n: int, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """(resamples, n) clip indices drawn with replacement, the same for the same ``n`` and seed."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))

@@ -7,8 +7,8 @@ import pytest
 from scipy.stats import binomtest
 
 from qbench.metrics import error_change_interval, evaluate
-from qbench.stats import (bootstrap_interval, excludes_zero, mean_and_spread, median_interval, paired_delta_interval,
-                          resample_indices, wilson_interval)
+from qbench.stats import (bootstrap_interval, excludes_zero, mean_and_spread, median_interval, median_with_interval,
+                          paired_delta_interval, resample_indices, wilson_interval)
 
 WILSON_ATOL = 1e-12  # the same closed form evaluated twice: float64 rounding only
 
@@ -108,3 +108,9 @@ def test_median_interval_covers_the_median_at_its_level() -> None:
     covered = (samples[:, lo] <= 1.0) & (samples[:, hi] >= 1.0)
     assert 0.95 <= covered.mean() < 0.99
     assert median_interval(3) == (0, 2)  # too few for 95 %: the whole range
+
+
+def test_median_with_interval_reads_the_order_statistics_of_an_unsorted_sample() -> None:
+    values = np.array([7.0, 1.0, 9.0, 3.0, 5.0, 2.0, 8.0, 4.0, 6.0, 10.0])  # 1..10, shuffled
+    median, (lo, hi) = median_with_interval(values)
+    assert median == 5.5 and (lo, hi) == (2.0, 9.0)  # 1-based ranks 2 and 9 of n = 10 (Conover)

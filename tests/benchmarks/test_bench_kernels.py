@@ -23,7 +23,7 @@ import torch
 
 from kernels.engine import IntLSTMEngine, KernelBackend
 from kernels.simd import compiled_isa
-from qbench.stats import median_interval
+from qbench.stats import median_with_interval
 from test_kernels_lstm import _model  # tests/ is on sys.path (it holds conftest.py)
 
 THREADS = 1
@@ -122,11 +122,10 @@ def test_bench_kernel_against_torch_paired(benchmark, features: int, hidden: int
 
     benchmark.pedantic(one_round, warmup_rounds=3, rounds=PAIRED_ROUNDS, iterations=1)
     times = np.array(pairs[3:])  # the warm-up rounds are appended too
-    ratios = np.sort(times[:, 0] / times[:, 1])
-    lo, hi = median_interval(ratios.size)
+    ratio, interval = median_with_interval(times[:, 0] / times[:, 1])
     benchmark.extra_info.update(
         impl="paired", scales=scales, isa=compiled_isa(), batch=batch, steps=STEPS, features=features, hidden=hidden,
-        rounds=int(ratios.size), torch_ms=float(np.median(times[:, 0]) * 1e3),
-        kernel_ms=float(np.median(times[:, 1]) * 1e3), torch_over_kernel=float(np.median(ratios)),
-        torch_over_kernel_ci95=[float(ratios[lo]), float(ratios[hi])], loadavg=list(os.getloadavg()),
+        rounds=len(times), torch_ms=float(np.median(times[:, 0]) * 1e3),
+        kernel_ms=float(np.median(times[:, 1]) * 1e3), torch_over_kernel=ratio,
+        torch_over_kernel_ci95=list(interval), loadavg=list(os.getloadavg()),
     )

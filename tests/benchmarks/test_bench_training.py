@@ -28,7 +28,7 @@ import models.teachers as teachers
 from models import build_student, build_teacher
 from models.fused import fused_batch_norm_relu_declined
 from qbench.provenance import apply_malloc_policy
-from qbench.stats import median_interval
+from qbench.stats import median_with_interval
 
 THREADS = 1
 BATCH, FRAMES, MELS, CLASSES = 64, 301, 40, 12
@@ -87,11 +87,9 @@ def test_bench_fused_training_step_paired(benchmark, name: str, monkeypatch) -> 
 
     benchmark.pedantic(one_round, warmup_rounds=3, rounds=ROUNDS, iterations=1)
     times = np.array(pairs[3:])  # the warm-up rounds are appended too
-    ratios = np.sort(times[:, 0] / times[:, 1])
-    lo, hi = median_interval(ratios.size)
+    ratio, interval = median_with_interval(times[:, 0] / times[:, 1])
     benchmark.extra_info.update(
-        model=name, threads=THREADS, batch=BATCH, frames=FRAMES, mels=MELS, rounds=int(ratios.size),
+        model=name, threads=THREADS, batch=BATCH, frames=FRAMES, mels=MELS, rounds=len(times),
         stock_ms=float(np.median(times[:, 0]) * 1e3), fused_ms=float(np.median(times[:, 1]) * 1e3),
-        stock_over_fused=float(np.median(ratios)), stock_over_fused_ci95=[float(ratios[lo]), float(ratios[hi])],
-        loadavg=list(os.getloadavg()),
+        stock_over_fused=ratio, stock_over_fused_ci95=list(interval), loadavg=list(os.getloadavg()),
     )
