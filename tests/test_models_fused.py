@@ -151,6 +151,37 @@ def test_batch_norm_relu_matches_pytorch(shape, track):
         assert int(bn.num_batches_tracked) == int(twin.num_batches_tracked) == 1
 
 
+def test_batch_norm_relu_backward_drops_what_relu_cuts_even_if_not_finite():
+    """The backward kernels load the gradient before the ReLU mask picks it (a select, not a
+    masked load): a NaN or inf gradient where the ReLU output is zero must still count as zero,
+    as in PyTorch's ReLU backward, and the compiled kernels must equal their Python semantics."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    grad = rng.standard_normal(x.shape).astype(np.float32)
+    a, b, mean = (rng.standard_normal(16).astype(np.float32) for _ in range(3))
+    cut = x * a + b <= 0
+    rows, cols = np.nonzero(cut)
+    grad[rows[0], cols[0]], grad[rows[1], cols[1]], grad[rows[2], cols[2]] = np.nan, np.inf, -np.inf
+    g = np.where(cut, np.float32(0), grad)
+    sums = []
+    for kernel in (fused._grad_sums, fused._grad_sums.py_func):
+        sg, sgx = np.zeros(16), np.zeros(16)
+        kernel(x, grad, a, b, mean, sg, sgx)
+        sums.append((sg, sgx))
+    np.testing.assert_array_equal(sums[0][0], sums[1][0])
+    np.testing.assert_array_equal(sums[0][1], sums[1][1])
+    np.testing.assert_allclose(sums[0][0], g.astype(np.float64).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(sums[0][1], (g.astype(np.float64) * (x - mean).astype(np.float64)).sum(0), rtol=1e-12)
+    ga, gb, gc = (rng.standard_normal(16).astype(np.float32) for _ in range(3))
+    dxs = []
+    for kernel in (fused._grad_input, fused._grad_input.py_func):
+        dx = np.empty_like(x)
+        kernel(x, grad, a, b, mean, ga, gb, gc, dx)
+        dxs.append(dx)
+    assert np.isfinite(dxs[0]).all()
+    np.testing.assert_array_equal(dxs[0], dxs[1])
+
+
 def test_batch_norm_relu_declines_what_it_does_not_handle():
     bn, twin = _bn_pair(4)
     x = torch.randn(2, 4, 5, 3)  # contiguous, not channels-last
