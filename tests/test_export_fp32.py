@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -77,5 +79,12 @@ def test_openvino_keeps_compiled_models_beside_the_artifact(tmp_path) -> None:
     first = runner(art, threads=1)(x)
     blobs = sorted((art.path.parent / CACHE_DIR).glob("*.blob"))
     assert blobs and not any(b in art.files for b in blobs)  # cached, and not counted in the file size
+    stamps = {b: b.stat().st_mtime_ns for b in blobs}
     np.testing.assert_array_equal(runner(art, threads=1)(x), first)
     assert sorted((art.path.parent / CACHE_DIR).glob("*.blob")) == blobs  # loaded, not compiled anew
+    # a re-measure exports the same bytes again, with new modification times: still loaded
+    time.sleep(0.05)
+    again = export_fp32(model, Backend("openvino"), out_dir=tmp_path, example=x)
+    assert [f.read_bytes() for f in again.files] == [f.read_bytes() for f in art.files]
+    np.testing.assert_array_equal(runner(again, threads=1)(x), first)
+    assert {b: b.stat().st_mtime_ns for b in (art.path.parent / CACHE_DIR).glob("*.blob")} == stamps
