@@ -39,6 +39,23 @@ def test_dropout_kernel_matches_its_reference_and_py_func():
         np.testing.assert_array_equal(out, np.where(reference, x * scale, np.float32(0)))
 
 
+def test_32_bit_hash_operations_compile_to_their_python_meaning():
+    """The hash's multiply, xor and xor-shift are 32-bit LLVM operations when compiled
+    (intrinsics); in Python they are defined on integers. Both must agree, wraparound included."""
+    import numba
+
+    @numba.njit
+    def compiled(a, b):
+        return fused._mul32(a, b), fused._xor32(a, b), fused._xorshift32(a, 13), fused._fmix32(a)
+
+    values = np.concatenate([np.array([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF], dtype=np.uint32),
+                             np.random.default_rng(5).integers(0, 2**32, 200, dtype=np.uint32)])
+    for a, b in zip(values, np.roll(values, 1)):
+        mul, xor, xs, fmix = compiled(a, b)
+        assert (int(mul), int(xor), int(xs)) == ((int(a) * int(b)) % 2**32, int(a) ^ int(b), int(a) ^ (int(a) >> 13))
+        assert int(fmix) == int(fused._fmix32.py_func(a))
+
+
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
 def test_dropout_drops_p_of_the_elements_and_keeps_the_expectation(p):
     torch.manual_seed(0)
