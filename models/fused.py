@@ -18,9 +18,10 @@ are untouched.
   variance, ``momentum`` updates), for a channels-last map. Forward: one pass for the per-channel
   sums, one to write the output. Backward: one pass for the per-channel sums of the gradient, one
   to write the input's gradient. PyTorch's chain (statistics, normalise, ReLU; ReLU's backward,
-  BatchNorm's two backward passes) reads and writes the map 13 times against 8 here (on the
-  AMD EPYC's memory-bound 2-core VM that bought a DS-CNN step a few percent at most:
-  ``tests/benchmarks/test_bench_training.py``, 1.01-1.08x in three runs). Sums are
+  BatchNorm's two backward passes) reads and writes the map 13 times against 8 here (a DS-CNN
+  step 1.11x [1.09, 1.15] on the AMD EPYC's memory-bound 2-core VM,
+  ``tests/benchmarks/test_bench_training.py``; 1.01-1.08x while the backward passes compiled
+  to masked loads: see :func:`_grad_sums`). Sums are
   accumulated in float64 (PyTorch's are float32), so results differ from PyTorch's by float32
   rounding; ``tests/test_models_fused.py`` bounds the difference.
 
