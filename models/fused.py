@@ -21,7 +21,7 @@ are untouched.
   BatchNorm's two backward passes) reads and writes the map 13 times against 8 here (a DS-CNN
   step 1.11x [1.09, 1.15] on the AMD EPYC's memory-bound 2-core VM,
   ``tests/benchmarks/test_bench_training.py``; 1.01-1.08x while the backward passes compiled
-  to masked loads: see :func:`_grad_sums`). Sums are
+  to masked loads: see :func:`_relu_grad`). Sums are
   accumulated in float64 (PyTorch's are float32), so results differ from PyTorch's by float32
   rounding; ``tests/test_models_fused.py`` bounds the difference.
 
@@ -193,17 +193,23 @@ def _affine_relu(x, a, b, out):
             out[i, j] = max(x[i, j] * a[j] + b[j], np.float32(0.0))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _relu_grad(xv, gv, a, b):
+    """The gradient ``gv`` where ReLU passes ``xv * a + b``, else zero (NaN and inf included).
+
+    Both backward passes call it with values already loaded: a load inside the condition compiles
+    to AVX2's masked load (``vmaskmovps``), which made the passes twice as slow on the AMD EPYC;
+    loaded first, the mask is a select. Same values either way."""
+    return gv if xv * a + b > np.float32(0.0) else np.float32(0.0)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _grad_sums(x, grad, a, b, mean, sg, sgx):
-    """Per channel: the sums of the ReLU-masked gradient g and of g * (x - mean), in float64.
-
-    The gradient is loaded before the mask picks it (here and in :func:`_grad_input`): a load
-    inside the condition compiles to AVX2's masked load (``vmaskmovps``), which made this pass
-    twice as slow on the AMD EPYC; loaded first, the mask is a select. Same values either way."""
+    """Per channel: the sums of the ReLU-masked gradient g and of g * (x - mean), in float64."""
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
-            xv, gv = x[i, j], grad[i, j]
-            g = gv if xv * a[j] + b[j] > np.float32(0.0) else np.float32(0.0)
+            xv = x[i, j]
+            g = _relu_grad(xv, grad[i, j], a[j], b[j])
             sg[j] += np.float64(g)
             sgx[j] += np.float64(g) * np.float64(xv - mean[j])
 
@@ -213,8 +219,8 @@ def _grad_input(x, grad, a, b, mean, ga, gb, gc, dx):
     """dx = ga * g + gb * (x - mean) + gc per channel, g the ReLU-masked gradient."""
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
-            xv, gv = x[i, j], grad[i, j]
-            g = gv if xv * a[j] + b[j] > np.float32(0.0) else np.float32(0.0)
+            xv = x[i, j]
+            g = _relu_grad(xv, grad[i, j], a[j], b[j])
             dx[i, j] = ga[j] * g + gb[j] * (xv - mean[j]) + gc[j]
 
 
