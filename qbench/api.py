@@ -60,22 +60,23 @@ def stage_points(cfg: SweepConfig, stage: str) -> list[Point]:
 def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None, todo: Sequence[Point] = (),
             jobs: int = 1, measure: bool = False):
     """What every point needs, built before any point: the dataset (passed to ``show``; with ``jobs``
-    > 1 the teacher's own dataset builds beside it), each student checked against its contract, and
-    the teacher when some student is distilled. With
+    > 1 built on that many processes, or, on a cold sweep whose teacher has its own dataset, that one
+    first and the sweep's while the teacher trains: :func:`qbench.sweep.ahead.teacher_first`), each
+    student checked against its contract, and the teacher when some student is distilled. With
     ``jobs`` > 1, every model the points of ``todo`` need is trained first, ``jobs`` at a time in
     worker processes (:mod:`qbench.sweep.ahead`; ``pipe.ahead`` says how it went), and with
     ``measure`` idle workers measure points whose models are trained, for the measuring executor
     (:mod:`qbench.sweep.parallel`). Raises the one-line error of the first stage that cannot be
     built. Returns the dataset."""
-    from qbench.sweep.ahead import teacher_data_beside, train_ahead
+    from qbench.sweep.ahead import teacher_first, train_ahead
 
-    with teacher_data_beside(pipe, jobs=jobs):
-        dataset = pipe.dataset()
-    if show is not None:
-        show(dataset)
-    for model in pipe.cfg.models:
-        pipe.check_student(model)
-    pipe.ahead = train_ahead(pipe, list(todo), jobs=jobs, measure=measure)
+    with teacher_first(pipe, jobs=jobs) as started:
+        dataset = pipe.dataset(jobs=1 if started else jobs)  # beside the teacher, or on every job
+        if show is not None:
+            show(dataset)
+        for model in pipe.cfg.models:
+            pipe.check_student(model)
+        pipe.ahead = train_ahead(pipe, list(todo), jobs=jobs, measure=measure, started=started)
     if pipe.cfg.needs_teacher:
         pipe.teacher()
     return dataset

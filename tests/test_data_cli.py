@@ -61,3 +61,6 @@ def test_bad_option_values_are_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "DataConfig.clip_seconds" in err
     assert main(["data", "--dataset", "fsd50k"]) == 2
     assert "--data PATH" in capsys.readouterr().err
+    assert main(["data", *TINY, "--jobs", "0", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--jobs must be between 1 and 1024, got 0" in err

@@ -11,6 +11,7 @@ from qbench.data import DataConfig, build_dataset
 from qbench.data import dataset as dataset_module
 from qbench.data import events, keywords
 from qbench.data.espeak import ESPEAK_RATE, synthesise
+from qbench.data.features import BATCH, part_of
 from qbench.data.synth import NOISE_COLOURS, SpeechBank, Voice, coloured_noise
 from qbench.data.voices import SPLITS, all_cells, cell_voices, split_cells
 from qbench.errors import QbenchError
@@ -194,3 +195,35 @@ def test_cache_dir_defaults_to_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "env-cache"))
     build_dataset(TINY, progress=False)
     assert list((tmp_path / "env-cache" / "data").glob("keywords-*.npz"))
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 100, 2401])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_parts_partition_a_split_at_batch_boundaries(count, n):
+    parts = [part_of(count, k, n) for k in range(n)]
+    assert [i for p in parts for i in range(count)[p]] == list(range(count))  # each clip once, in order
+    assert all(p.start % BATCH == 0 or p.start == count for p in parts)  # a part's batches are the build's
+
+
+@pytest.mark.parametrize("cfg", [TINY.replace(clips_per_class=8), TINY_EVENTS], ids=["keywords", "events"])
+def test_a_dataset_built_in_parts_is_the_one_process_build(cfg, tmp_path, monkeypatch):
+    whole = build_dataset(cfg, cache_dir=tmp_path / "one", progress=False)
+    monkeypatch.setattr(dataset_module, "PART_MIN_CLIPS", 1)
+    parts = build_dataset(cfg, cache_dir=tmp_path / "three", progress=False, jobs=3)
+    assert parts.worker_seconds > 0 and whole.worker_seconds == 0  # two workers computed parts
+    for name, split in whole.splits().items():
+        theirs = parts.splits()[name]
+        np.testing.assert_array_equal(theirs.x, split.x, err_msg=name)
+        np.testing.assert_array_equal(theirs.y, split.y, err_msg=name)
+        assert (split.spans is None) == (theirs.spans is None)
+        if split.spans is not None:
+            np.testing.assert_array_equal(theirs.spans, split.spans)
+    assert build_dataset(cfg, cache_dir=tmp_path / "three", progress=False).from_cache  # cached as any build
+
+
+def test_small_datasets_are_built_in_one_process(tmp_path, monkeypatch):
+    def no_parts(*args, **kwargs):
+        raise AssertionError("a small dataset was split into parts")
+
+    monkeypatch.setattr(dataset_module, "_compute_parts", no_parts)
+    assert build_dataset(TINY, cache_dir=tmp_path, progress=False, jobs=4).worker_seconds == 0

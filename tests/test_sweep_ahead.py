@@ -6,6 +6,7 @@ its reason and the rest of the grid goes on; a rerun with everything cached star
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 
@@ -17,7 +18,7 @@ from qbench.distill import DistillMode
 from qbench.records import STATUS_OK, ResultsDocument
 from qbench.data import build_dataset
 from qbench.data.dataset import cache_path
-from qbench.sweep.ahead import ahead_stages, needs, teacher_data_beside
+from qbench.sweep.ahead import ahead_stages, needs, teacher_first
 from qbench.sweep.config import SweepConfig
 from qbench.sweep.options import quick_preset
 from qbench.sweep.pipeline import Pipeline
@@ -168,7 +169,7 @@ def test_points_computed_by_workers_are_timed_here_afterwards(tmp_path, capsys):
 
 KILLED_PARENT = """
 import os, sys, time
-from qbench.sweep.pool import worker_pool
+from qbench.pool import worker_pool
 pool = worker_pool(1)
 pid = pool.submit(os.getpid).result()
 pool.submit(time.sleep, 120)
@@ -199,43 +200,70 @@ def test_workers_die_with_a_sweep_killed_outright(tmp_path):
     assert not alive(), "the worker outlived the sweep's process"
 
 
-def _two_datasets(tmp_path) -> Pipeline:
+def _two_datasets(tmp_path, **changes) -> Pipeline:
     """A distilled grid whose teacher learns from its own, bigger draw of 1 s clips."""
-    cfg = quick_preset(SweepConfig()).replace(teacher_clips_per_class=16)
+    cfg = quick_preset(SweepConfig()).replace(teacher_clips_per_class=16, **changes)
     assert cfg.teacher_data != cfg.data
     return Pipeline(cfg, cache_dir=tmp_path / "cache", progress=False)
 
 
-def test_the_teachers_data_builds_beside_the_sweeps(tmp_path):
+def test_the_teacher_trains_on_its_own_data_while_the_sweeps_builds(tmp_path):
     pipe = _two_datasets(tmp_path)
     lines = []
-    with teacher_data_beside(pipe, jobs=2, report=lines.append):
+    with teacher_first(pipe, jobs=2, report=lines.append) as started:
+        assert lines[-1] == "ahead: teacher started" and list(started) == [TEACHER]
+        assert cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()  # built before the teacher started
+        built_here = pipe.stage_seconds["data"]
         student = pipe.dataset()
-    assert lines == ["data: the teacher's dataset builds in a worker beside this one"]
-    assert cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()
-    built_here = pipe.stage_seconds["data"]
-    teacher = pipe.teacher_dataset()  # loaded from the worker's cache file
+        outcome = started[TEACHER][0].result()
+    assert lines[0] == "data: the teacher's dataset first; the sweep's builds while the teacher trains"
+    assert outcome.error is None and pipe.teacher_file().exists()  # trained into the cache by the worker
+    assert pipe.stage_seconds["data"] > built_here  # the sweep's data booked after the teacher's
+    teacher = pipe.teacher_dataset()  # loaded from the cache
     assert teacher.from_cache and not student.from_cache and len(teacher.train.x) > len(student.train.x)
-    assert pipe.stage_seconds["data"] > built_here  # the worker's seconds booked too
     fresh = build_dataset(pipe.cfg.teacher_data, cache_dir=tmp_path / "other", progress=False)
     for ours, theirs in zip(teacher.splits().values(), fresh.splits().values()):
         assert np.array_equal(ours.x, theirs.x) and np.array_equal(ours.y, theirs.y)
-    # with everything cached (or one job, or no teacher to train) nothing runs beside
-    with teacher_data_beside(pipe, jobs=2, report=lines.append):
-        pass
-    assert len(lines) == 1
+    # with the datasets cached (or one job, or no teacher to train) nothing starts
+    with teacher_first(pipe, jobs=2, report=pytest.fail) as started:
+        assert started == {}
 
 
-def test_one_job_builds_the_teachers_data_when_the_teacher_trains(tmp_path):
+def test_one_job_starts_nothing_first(tmp_path):
     pipe = _two_datasets(tmp_path)
-    with teacher_data_beside(pipe, jobs=1, report=pytest.fail):
-        pipe.dataset()
+    with teacher_first(pipe, jobs=1, report=pytest.fail) as started:
+        assert started == {}
     assert not cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()
 
 
-def test_a_failing_sweep_dataset_stops_the_teachers(tmp_path):
+def test_a_failing_sweep_dataset_stops_the_teacher(tmp_path):
     pipe = _two_datasets(tmp_path)
     with pytest.raises(RuntimeError, match="bad data"):
-        with teacher_data_beside(pipe, jobs=2, report=lambda line: None):
+        with teacher_first(pipe, jobs=2, report=lambda line: None) as started:
+            future = started[TEACHER][0]
             raise RuntimeError("bad data")
-    assert not cache_path(pipe.cfg.teacher_data, pipe.cache_dir).exists()
+    assert future.done() and not pipe.teacher_file().exists()  # stopped, not left to train for minutes
+
+
+def test_a_cold_grid_with_the_teachers_own_data_records_what_one_job_records(tmp_path, capsys):
+    """The teacher trains first, counted as one of the jobs, and the grid's records are one job's."""
+    from qbench.api import prepare
+    from qbench.sweep.run import measure_or_fail
+
+    def records(jobs: int) -> list[dict]:
+        pipe = _two_datasets(tmp_path / f"jobs{jobs}", models=("lstm",), bits=((4, 4),), distill=(DistillMode.TKD,),
+                             backends=("torch",), latency=False)
+        todo = plan_points(pipe.cfg)
+        prepare(pipe, todo=todo, jobs=jobs)
+        assert pipe.stage_seconds["teacher"] > 0
+        return [measure_or_fail(p, pipe.measure, logging.getLogger("test")) for p in todo]
+
+    ahead = records(2)
+    out = capsys.readouterr().out
+    assert "data: the teacher's dataset first" in out and out.count("ahead: teacher started") == 1
+    assert out.index("ahead: teacher started") < out.index("ahead 1/3: teacher trained in ")
+    one = records(1)
+    assert [r["id"] for r in ahead] == [r["id"] for r in one]
+    for ours, theirs in zip(ahead, one):
+        assert ours["status"] == STATUS_OK, ours["error"]
+        assert _figures(ours) == _figures(theirs), ours["id"]

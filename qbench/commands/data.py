@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=int, default=None, help="feature sample rate in Hz (default 16000)")
     parser.add_argument("--cache", metavar="DIR", help="cache folder (default $QBENCH_CACHE or ~/.cache/qbench)")
     parser.add_argument("--out", metavar="DIR", help="write summary.json, config.json and features.npz here")
+    parser.add_argument("--jobs", type=int, help="processes that compute a synthetic dataset, in parts of at least "
+                        "1,000 clips (default: $QBENCH_JOBS, else the usable cores); the same arrays as one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -73,13 +75,15 @@ def format_summary(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from qbench.commands.sweep import resolve_jobs
     from qbench.data import build_dataset
     from qbench.data.dataset import save_npz
     from qbench.errors import QbenchError
 
     cfg = config_from_args(args)
+    jobs = resolve_jobs(args)
     out = _out_dir(args.out) if args.out else None  # before the build: fail fast, not after minutes
-    dataset = build_dataset(cfg, cache_dir=args.cache, progress=not args.no_progress)
+    dataset = build_dataset(cfg, cache_dir=args.cache, progress=not args.no_progress, jobs=jobs)
     summary = dataset.summary()
     print(format_summary(summary))
     if out is not None:

@@ -21,6 +21,10 @@ from qbench.data.synth import SpeechBank
 from qbench.data.types import FeatureDataset, SkippedClip, Split
 from qbench.files import atomic_write
 
+# A synthetic dataset is computed in parts of at least this many clips (``build_dataset(jobs=...)``):
+# a worker's start and its copy of the build's speech synthesis cost about what a few hundred clips do.
+PART_MIN_CLIPS = 1000
+
 # Bump when generation or feature code changes what a config produces, to retire old caches.
 CACHE_FORMAT = 2
 
@@ -33,20 +37,24 @@ SYNTHETIC = {
 }
 
 
-def build_dataset(cfg: DataConfig, *, cache_dir: Path | str | None = None, progress: bool = True) -> FeatureDataset:
+def build_dataset(cfg: DataConfig, *, cache_dir: Path | str | None = None, progress: bool = True,
+                  jobs: int = 1) -> FeatureDataset:
     """Features of the dataset ``cfg`` describes, loaded from the cache or computed and cached.
 
     Every split holds ``(N, T, F)`` float32 log-mel frames with ``T = cfg.n_frames`` and
     ``F = cfg.features.n_mels``. Raises :class:`~qbench.errors.QbenchError` on bad input
     (missing folder, bad metadata, missing files, a class without examples); undecodable
-    files inside a good dataset are skipped and listed in ``skipped``.
+    files inside a good dataset are skipped and listed in ``skipped``. ``jobs`` > 1 computes a
+    synthetic dataset in up to that many processes at once (:func:`_compute_parts`; parts of at least
+    :data:`PART_MIN_CLIPS` clips), the same arrays.
     """
     start = time.perf_counter()
     index = None if cfg.kind.synthetic else index_dataset(cfg)
     path = cache_path(cfg, Path(cache_dir) if cache_dir is not None else default_cache_dir(), index)
     dataset = load_npz(path, cfg)
     if dataset is None:
-        dataset = _compute(cfg, index, progress)
+        parts = 1 if index is not None else min(jobs, _clip_count(cfg) // PART_MIN_CLIPS)
+        dataset = _compute_parts(cfg, parts, progress) if parts > 1 else _compute(cfg, index, progress)
         try:
             save_npz(path, dataset)
         except OSError as exc:  # the features are fine; only the next run pays again
@@ -65,13 +73,17 @@ def cache_path(cfg: DataConfig, cache_dir: Path, index: Index | None = None) -> 
     return cache_dir / "data" / f"{cfg.kind.value}-{cfg.key()}{tag}-f{CACHE_FORMAT}.npz"
 
 
-def _compute(cfg: DataConfig, index: Index | None, progress: bool) -> FeatureDataset:
+def _compute(cfg: DataConfig, index: Index | None, progress: bool, part: tuple[int, int] = (0, 1)) -> FeatureDataset:
+    """The dataset ``cfg`` computed here; for a synthetic one, only part ``k`` of ``n`` of each split
+    (``part = (k, n)``, see :func:`qbench.data.features.part_of`)."""
     skipped: list[SkippedClip] = []
     if index is None:
         classes, multilabel, source, requests = SYNTHETIC[cfg.kind]
         bank = SpeechBank(cfg.features.sample_rate)  # one bank per build: each word/voice synthesised once
-        bank.prepare(r for split in SPLITS for r in requests(cfg, split))  # one espeak worker per build
-        streams = {split: source(cfg, split, bank) for split in SPLITS}
+        # One espeak worker per build, asked for every utterance in the same order even for a part: what
+        # espeak-ng says depends on what it said before (qbench.data.espeak).
+        bank.prepare(r for split in SPLITS for r in requests(cfg, split))
+        streams = {split: source(cfg, split, bank, part) for split in SPLITS}
     else:
         classes, multilabel = index.classes, index.multilabel
         streams = {split: (len(index.items[split]), clips(index, split, cfg, skipped)) for split in SPLITS}
@@ -84,6 +96,51 @@ def _compute(cfg: DataConfig, index: Index | None, progress: bool) -> FeatureDat
         check_coverage(index.source, classes, {s: _label_sets(splits[s], classes, multilabel) for s in SPLITS})
     return FeatureDataset(cfg, tuple(classes), multilabel, splits["train"], splits["val"], splits["test"],
                           tuple(skipped))
+
+
+def _compute_parts(cfg: DataConfig, jobs: int, progress: bool) -> FeatureDataset:
+    """The synthetic dataset ``cfg`` computed in ``jobs`` parts at once: this process computes the
+    first, spawned workers the others; their splits are joined in order. Every part synthesises all of
+    the build's speech (a few seconds per thousand utterances) and renders and featurizes its clips.
+    ``worker_seconds`` says what the workers spent."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from qbench.pool import worker_pool
+
+    with worker_pool(jobs - 1) as pool:
+        futures = [pool.submit(_timed_part, cfg, (k, jobs)) for k in range(1, jobs)]
+        parts = [_compute(cfg, None, progress, (0, jobs))]
+        seconds = 0.0
+        for k, future in enumerate(futures, start=1):
+            try:
+                part, elapsed = future.result()
+            except BrokenProcessPool:  # a worker killed from outside: compute its part here
+                log.warning("a dataset worker died; computing its part (%d of %d) here", k + 1, jobs)
+                part, elapsed = _compute(cfg, None, progress, (k, jobs)), 0.0
+            parts.append(part)
+            seconds += elapsed
+    splits = {name: _join([p.splits()[name] for p in parts]) for name in SPLITS}
+    return FeatureDataset(cfg, parts[0].classes, parts[0].multilabel, splits["train"], splits["val"], splits["test"],
+                          worker_seconds=seconds)
+
+
+def _join(parts: list[Split]) -> Split:
+    """One split from its parts, in order (an empty part has no spans, as an empty split has none)."""
+    spans = [p.spans for p in parts if len(p)]
+    return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                 np.concatenate(spans) if spans and all(s is not None for s in spans) else None)
+
+
+def _clip_count(cfg: DataConfig) -> int:
+    """Clips in the synthetic dataset ``cfg`` (planned, none rendered)."""
+    _, _, source, _ = SYNTHETIC[cfg.kind]
+    return sum(source(cfg, split, SpeechBank(cfg.features.sample_rate))[0] for split in SPLITS)
+
+
+def _timed_part(cfg: DataConfig, part: tuple[int, int]) -> tuple[FeatureDataset, float]:
+    """A worker's :func:`_compute` of ``part``, and its seconds."""
+    start = time.perf_counter()
+    return _compute(cfg, None, False, part), time.perf_counter() - start
 
 
 def _collect(cfg: DataConfig, count: int, stream: Iterator, *, multilabel: bool, n_classes: int, desc: str,

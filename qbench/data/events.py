@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from qbench.data.config import SPLITS, DataConfig
+from qbench.data.features import part_of
 from qbench.data.keywords import BABBLE_PHRASES
 from qbench.data.synth import NOISE_COLOURS, SpeechBank, Voice, coloured_noise, rms
 from qbench.data.voices import split_voices
@@ -161,16 +162,19 @@ def speech_requests(cfg: DataConfig, split: str) -> list[Request]:
     return [speech for plan in plan_split(cfg, split) for _, speech in plan if speech]
 
 
-def event_clips(cfg: DataConfig, split: str, bank: SpeechBank) -> tuple[int, Iterator[Clip]]:
-    """Clip count and a generator of ``(audio (n_samples,), multi-hot (C,), None)`` for one split."""
+def event_clips(cfg: DataConfig, split: str, bank: SpeechBank,
+                part: tuple[int, int] = (0, 1)) -> tuple[int, Iterator[Clip]]:
+    """Clip count and a generator of ``(audio (n_samples,), multi-hot (C,), None)`` for one split, or
+    for part ``k`` of ``n`` of its clips (``part = (k, n)``)."""
     index = SPLITS.index(split)
     plans = plan_split(cfg, split)
+    todo = range(len(plans))[part_of(len(plans), *part)]
 
     def clips() -> Iterator[Clip]:
         bank.prepare(speech for plan in plans for _, speech in plan if speech)  # a no-op when the build did
-        for i, plan in enumerate(plans):
+        for i in todo:
             # Distinct stream tag from the keyword set, so the two sets never share draws.
-            audio, target = event_clip(cfg, plan, np.random.default_rng([cfg.seed, index, i, 0xE7]), bank)
+            audio, target = event_clip(cfg, plans[i], np.random.default_rng([cfg.seed, index, i, 0xE7]), bank)
             yield audio, target, None
 
-    return len(plans), clips()
+    return len(todo), clips()

@@ -93,6 +93,14 @@ def log_mel(audio: np.ndarray, fcfg: FeatureConfig) -> np.ndarray:
     return np.log(mel + np.float32(fcfg.log_floor)).astype(np.float32, copy=False)
 
 
+def part_of(count: int, k: int, n: int) -> slice:
+    """Clips of part ``k`` of ``n`` of a split of ``count``: ``n`` contiguous runs that start at
+    multiples of the featurizer's batch (:data:`BATCH`), so every part featurizes the batches the whole build would."""
+    def start(j: int) -> int:
+        return min(count, count * j // n // BATCH * BATCH)
+    return slice(start(k), start(k + 1) if k + 1 < n else count)
+
+
 def featurize(clips: Iterable[np.ndarray], count: int, fcfg: FeatureConfig, n_samples: int) -> np.ndarray:
     """Log-mel features of up to ``count`` clips of ``n_samples`` each, computed in batches.
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from qbench.data.config import SPLITS, DataConfig
+from qbench.data.features import part_of
 from qbench.data.synth import SpeechBank, Voice, background, rms
 from qbench.data.voices import split_voices
 
@@ -114,17 +115,21 @@ def speech_requests(cfg: DataConfig, split: str) -> list[Request]:
     return babble + [w for w in words if w is not None]
 
 
-def keyword_clips(cfg: DataConfig, split: str, bank: SpeechBank) -> tuple[int, Iterator[Clip]]:
-    """Clip count and a generator of ``(audio (n_samples,), class index, span)`` for one split."""
+def keyword_clips(cfg: DataConfig, split: str, bank: SpeechBank,
+                  part: tuple[int, int] = (0, 1)) -> tuple[int, Iterator[Clip]]:
+    """Clip count and a generator of ``(audio (n_samples,), class index, span)`` for one split, or for
+    part ``k`` of ``n`` of its clips (``part = (k, n)``, :func:`~qbench.data.features.part_of`; each clip draws
+    from its own generator, so a part's clips are the whole split's)."""
     index = SPLITS.index(split)
     labels, babble, words = plan_split(cfg, split)
+    todo = range(len(labels))[part_of(len(labels), *part)]
 
     def clips() -> Iterator[Clip]:
         bank.prepare(babble + [w for w in words if w is not None])  # a no-op when the build prepared it all
         pool = [bank.get(*request) for request in babble]
-        for i, (label, request) in enumerate(zip(labels, words)):
-            word = None if request is None else bank.get(*request)
+        for i in todo:
+            word = None if words[i] is None else bank.get(*words[i])
             audio, span = keyword_clip(cfg, word, np.random.default_rng([cfg.seed, index, i]), pool)
-            yield audio, int(label), span
+            yield audio, int(labels[i]), span
 
-    return len(labels), clips()
+    return len(todo), clips()

@@ -58,6 +58,7 @@ class FeatureDataset:
     test: Split
     skipped: tuple[SkippedClip, ...] = ()
     build_seconds: float = float("nan")  # wall time of the build_dataset call that returned it
+    worker_seconds: float = 0.0  # what worker processes spent computing parts of it beside that call
     from_cache: bool = False  # True when build_dataset loaded it instead of computing it
 
     @property

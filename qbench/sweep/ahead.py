@@ -23,17 +23,16 @@ A stage that fails is recorded for the points that need it, with its reason (as
 :meth:`Pipeline.once` does); a worker that dies leaves its stage to this process, which trains it
 when a point first needs it.
 
-Before that, while this process builds the sweep's dataset, the teacher's own (a bigger draw of the
-generator) is built into the cache beside it (:func:`teacher_data_beside`): the teacher is the cold
-sweep's critical path, and its data had waited for the sweep's.
+Before that, on a cold sweep, the teacher's own dataset (a bigger draw of the generator) is built
+first on all the jobs, and the teacher starts training while this process builds the sweep's
+(:func:`teacher_first`): the teacher is the cold sweep's critical path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import dataclasses
-import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,19 +42,23 @@ from pathlib import Path
 
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.sweep.pool import die_with_parent, worker_pool
+from qbench.pool import stop_pool, worker_pool
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, stage_task
 
 
 @contextlib.contextmanager
-def teacher_data_beside(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Build the teacher's dataset into the cache in a worker process while the block runs (and wait
-    for it after), when the sweep has ``jobs`` > 1 and is about to generate both its dataset and the
-    teacher's; otherwise just run the block. The worker's time is booked to the data stage. If the
-    worker fails, the teacher's stage builds the data itself and reports what went wrong; if the
-    block raises, the worker is stopped."""
+def teacher_first(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | None = None
+                  ) -> Iterator[dict[Stage, tuple[Future, float]]]:
+    """On a cold sweep with ``jobs`` > 1 whose teacher learns from its own dataset: build that dataset
+    first, on ``jobs`` processes, then train the teacher in a worker while the block runs (this process
+    builds the sweep's dataset beside it, then trains ahead with the teacher as one of its ``jobs``).
+    Yields the stages started ({TEACHER: (its future, its start)}), or {} when this does not apply.
+    The data's seconds, here and in the workers, are booked to the data stage; if the block raises,
+    the teacher's worker is stopped. The teacher is the cold sweep's critical path: its data had waited for the
+    sweep's, and it for both."""
     cfg = pipe.cfg
+    from qbench.data import build_dataset
     from qbench.data.dataset import cache_path
 
     # Neither dataset cached means no teacher trained on them either (unless the cache was pruned by
@@ -63,36 +66,31 @@ def teacher_data_beside(pipe: Pipeline, *, jobs: int, report: Callable[[str], No
     if jobs < 2 or pipe.holds_dataset or not cfg.needs_teacher or cfg.teacher_data == cfg.data \
             or not cfg.data.kind.synthetic \
             or any(cache_path(c, pipe.cache_dir).exists() for c in (cfg.data, cfg.teacher_data)):
-        yield
+        yield {}
         return
-    context = multiprocessing.get_context("spawn")
-    seconds = context.SimpleQueue()
-    worker = context.Process(target=_build_teacher_data, args=(os.getpid(), cfg.teacher_data, str(pipe.cache_dir),
-                                                                seconds), daemon=True)
-    worker.start()
-    (report or (lambda line: print(line, flush=True)))("data: the teacher's dataset builds in a worker beside this one")
+    report = report or (lambda line: print(line, flush=True))
+    report("data: the teacher's dataset first; the sweep's builds while the teacher trains")
+    pool = worker_pool(1)
     try:
-        yield
+        pool.submit(_warm_up)  # the teacher's worker imports while the data builds
+        with pipe.timed("data"):
+            built = build_dataset(cfg.teacher_data, cache_dir=pipe.cache_dir, progress=pipe.progress, jobs=jobs)
+        pipe.book({"data": built.worker_seconds})
+        del built  # the worker loads it from the cache; this process never needs it
+        spec = TaskSpec(cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
+        started = {TEACHER: (pool.submit(stage_task, spec, TEACHER), time.perf_counter())}
+        report(f"ahead: {TEACHER.name(cfg)} started")
+        yield started
     except BaseException:
-        worker.terminate()
+        stop_pool(pool)
         raise
-    finally:
-        worker.join()
-    if worker.exitcode == 0 and not seconds.empty():
-        pipe.book({"data": seconds.get()})
+    pool.shutdown()
 
 
-def _build_teacher_data(parent: int, data, cache_dir: str, seconds) -> None:
-    """The worker of :func:`teacher_data_beside`: build (and cache) ``data``, send its seconds."""
-    die_with_parent(parent)
-    from qbench.data import build_dataset
-
-    start = time.perf_counter()
-    try:
-        build_dataset(data, cache_dir=cache_dir, progress=False)
-    except Exception:  # noqa: BLE001 (the teacher's stage builds it again and reports why it fails)
-        return
-    seconds.put(time.perf_counter() - start)
+def _warm_up() -> None:
+    """In the teacher's worker: import what training needs (torch, the models)."""
+    for module in ("models", "qbench.teacher_cache"):
+        importlib.import_module(module)
 
 
 def ahead_stages(pipe: Pipeline, todo: list[Point]) -> list[Stage]:
@@ -119,23 +117,27 @@ def group_needs(group: Group) -> list[Stage]:
 
 
 def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int, measure: bool = False,
-                report: Callable[[str], None] | None = None) -> dict[str, float] | None:
+                report: Callable[[str], None] | None = None,
+                started: dict[Stage, tuple[Future, float]] | None = None) -> dict[str, float] | None:
     """Train what ``todo`` needs and the cache lacks on ``jobs`` processes; failed stages are memoised
     in ``pipe`` with their reasons. ``measure``: idle workers measure the groups of ``todo`` whose
-    models are trained, into ``pipe.measured_ahead`` (see the module doc). Returns ``{"jobs",
-    "stages", "wall_seconds", "groups_measured"}``, or None when there is nothing to run side by side
-    (one job, fewer than two models to train, or a dataset held in memory, which worker processes
-    cannot rebuild)."""
+    models are trained, into ``pipe.measured_ahead`` (see the module doc). ``started``: stages already
+    training elsewhere (:func:`teacher_first`), each one of the ``jobs`` until it ends. Returns
+    ``{"jobs", "stages", "wall_seconds", "groups_measured"}``, or None when there is nothing to run side
+    by side (one job, fewer than two models to train, or a dataset held in memory, which worker
+    processes cannot rebuild)."""
+    started = started or {}
     if jobs < 2 or pipe.holds_dataset:
         return None
-    stages = [s for s in ahead_stages(pipe, todo) if not _cached(pipe, s)]
-    if len(stages) < 2:
+    stages = [s for s in ahead_stages(pipe, todo) if s in started or not _cached(pipe, s)]
+    stages += [s for s in started if s not in stages]
+    if len(stages) < 2 and not started:
         return None
     report = report or (lambda line: print(line, flush=True))
     start = time.perf_counter()
     spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
     groups = sorted(task_graph(pipe.cfg, todo)[1], key=lambda g: -len(g.points)) if measure else []
-    outcomes, measured = _run(spec, stages, jobs, report, groups)
+    outcomes, measured = _run(spec, stages, jobs, report, groups, started)
     for stage, outcome in outcomes.items():
         pipe.book(outcome.stage_seconds)  # summed over workers, which overlap
         if outcome.error is not None:
@@ -154,12 +156,13 @@ def _cached(pipe: Pipeline, stage: Stage) -> bool:
     return pipe.student_path(stage.model, stage.distill, stage.seed).exists()
 
 
-def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None],
-         groups: list[Group]) -> tuple[dict[Stage, StageOutcome], dict[tuple, list[PointResult]]]:
+def _run(spec: TaskSpec, stages: list[Stage], jobs: int, report: Callable[[str], None], groups: list[Group],
+         started: dict[Stage, tuple[Future, float]]
+         ) -> tuple[dict[Stage, StageOutcome], dict[tuple, list[PointResult]]]:
     """Each stage's outcome, and the results of the ``groups`` measured in between; a stage whose
     worker died has none (this process trains it later), nor a group left unmeasured."""
-    pending, waiting, done, measured = list(stages), list(groups), {}, {}
-    running: dict[Future, tuple[Stage | Group, float]] = {}
+    pending, waiting, done, measured = [s for s in stages if s not in started], list(groups), {}, {}
+    running: dict[Future, tuple[Stage | Group, float]] = {f: (s, began) for s, (f, began) in started.items()}
     total = len(stages)
     measure_spec = dataclasses.replace(spec, compute_threads=1, executor="local")  # as qbench.sweep.parallel's
 

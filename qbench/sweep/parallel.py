@@ -33,7 +33,7 @@ from typing import Any
 from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.sweep.pool import worker_pool
+from qbench.pool import worker_pool
 from qbench.sweep.ray_graph import Group, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, receive
 from qbench.sweep.run import measure_or_fail

@@ -108,11 +108,16 @@ class Pipeline:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def dataset(self):
+    def dataset(self, *, jobs: int = 1):
+        """The sweep's dataset; ``jobs``: processes that compute it if it is not cached (the first call's)."""
         from qbench.data import build_dataset
 
-        return self.once(("data",), lambda: build_dataset(self.cfg.data, cache_dir=self.cache_dir,
-                                                           progress=self.progress))
+        def build():
+            dataset = build_dataset(self.cfg.data, cache_dir=self.cache_dir, progress=self.progress, jobs=jobs)
+            self.book({"data": dataset.worker_seconds})
+            return dataset
+
+        return self.once(("data",), build)
 
     def teacher_dataset(self):
         """The teacher's training data: the sweep's dataset, or a bigger draw of the same generator."""

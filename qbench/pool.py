@@ -1,4 +1,4 @@
-"""The in-process sweep's worker pools: spawned processes that do not outlive the sweep.
+"""qbench's worker pools: spawned processes that do not outlive the process that started them.
 
 A pool worker runs a task for minutes (a teacher trains for several). When the sweep's process is
 killed by a signal it cannot handle (``kill -9``, the out-of-memory killer, a CI timeout), Python
@@ -22,6 +22,17 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     """``jobs`` spawned worker processes that die with this process."""
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                                initargs=(os.getpid(),))
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Shut ``pool`` down now: pending tasks cancelled and running ones killed (a shutdown waits for
+    them, and a teacher trains for minutes)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's; none to kill without it
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join()
 
 
 def die_with_parent(parent: int) -> None:
