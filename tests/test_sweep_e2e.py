@@ -52,6 +52,17 @@ def test_quick_sweep_figures_are_consistent(quick_sweep):
             assert r["agreement"]["engine"]["top1"] >= 0.9  # po2: engine and runtimes compute the same codes
 
 
+def test_the_run_records_where_its_time_went(quick_sweep):
+    out, _ = quick_sweep
+    run = json.loads((out / RESULTS_FILE).read_text())["provenance"]["run_seconds"]
+    stages = run["stages"]
+    # every stage this grid has (no teacher: nothing is distilled), each booked once
+    assert set(stages) == {"data", "students", "ptq", "qat", "export", "conformance", "scoring", "latency"}
+    assert all(seconds > 0 for seconds in stages.values())
+    assert sum(stages.values()) <= run["wall"] + 0.5  # one process (the suite's QBENCH_JOBS=1): no overlap
+    assert "s wall; by stage: " in (out / "results.md").read_text()
+
+
 def test_report_files_exist_and_rerun_resumes_without_work(quick_sweep, monkeypatch):
     out, argv = quick_sweep
     for name in ("results.md", "results.csv", PLOT_SIZE, PLOT_LATENCY):

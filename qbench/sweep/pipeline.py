@@ -27,9 +27,10 @@ from qbench.sweep.config import SweepConfig
 
 
 STAGES = {"data": "data", "teacher-data": "data", "teacher": "teacher", "student": "students", "ptq": "ptq",
-          "qat": "qat", "artifact": "export + conformance", "engine": "export + conformance"}
+          "qat": "qat", "artifact": "export", "engine": "export"}
 """Memoised stage kinds -> the stage their wall time is booked to; everything else is ``scoring``
-(test-split scores); :func:`qbench.sweep.points.latency` books ``latency``."""
+(test-split scores); :func:`qbench.sweep.points.latency` books ``latency``, and an exported
+artifact's conformance check (:func:`qbench.sweep.points._artifact`) ``conformance``."""
 CALIBRATION_BATCHES = 8  # of 64 training clips: PTQ statistics, and QAT's starting scales
 TRAIN_ERROR_CLIPS = 1000  # training clips scored after training: train vs test error says whether it learned
 
