@@ -100,20 +100,37 @@ def _busy_seconds(cpus: list[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class LoadMeter:
-    """Made at the start of a measurement; :meth:`stop` at its end gives the :class:`Load`."""
+def _own_seconds(children: bool) -> float:
+    """CPU-seconds of this process (every thread, runtime pools included) and, with ``children``,
+    of its child processes that have ended and been waited for (a sweep's worker pools)."""
+    seconds = time.process_time()
+    if children:
+        try:
+            import resource
+        except ImportError:  # not Unix: children count as other processes
+            return seconds
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds += usage.ru_utime + usage.ru_stime
+    return seconds
 
-    def __init__(self) -> None:
+
+class LoadMeter:
+    """Made at the start of a measurement; :meth:`stop` at its end gives the :class:`Load`.
+    ``children``: this process's ended child processes are its own work, not other processes' (a
+    whole sweep, whose worker pools have shut down by its end)."""
+
+    def __init__(self, *, children: bool = False) -> None:
         self.cpus = _usable_cpus()
+        self.children = children
         try:
             self.loadavg: float | None = os.getloadavg()[0]
         except OSError:
             self.loadavg = None
-        self.t0, self.own0, self.busy0 = time.monotonic(), time.process_time(), _busy_seconds(self.cpus)
+        self.t0, self.own0, self.busy0 = time.monotonic(), _own_seconds(children), _busy_seconds(self.cpus)
 
     def stop(self) -> Load:
         window = time.monotonic() - self.t0
-        own = time.process_time() - self.own0  # every thread of this process, runtime pools included
+        own = _own_seconds(self.children) - self.own0
         busy = _busy_seconds(self.cpus)
         other = None
         if busy is not None and self.busy0 is not None and window >= MIN_LOAD_WINDOW_S:

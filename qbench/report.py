@@ -318,6 +318,14 @@ def machine_line(doc: ResultsDocument) -> str:
             f"{' (dirty)' if g.get('dirty') else ''}; {prov['utc']}.")
 
 
+def _run_load(run: dict) -> str:
+    """What other processes did on the machine during the run, as a sentence (or nothing)."""
+    load = run.get("load") or {}
+    if load.get("other_busy_cores") is None:
+        return ""
+    return f" Other processes kept {load['other_busy_cores']:.2f} of {load['usable_cores']} cores busy meanwhile."
+
+
 def render_markdown(doc: ResultsDocument) -> str:
     machines = {r.get("provenance", {}).get("machine_id") for r in doc.records} - {None}
     if len(machines) > 1:
@@ -327,7 +335,7 @@ def render_markdown(doc: ResultsDocument) -> str:
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in (run.get("stages") or {}).items())
     parts = [
         "# qbench results", "", machine_line(doc), "",
-        *([f"Last run: {run['wall']:.0f} s wall; by stage: {stages}.", ""] if run else []),
+        *([f"Last run: {run['wall']:.0f} s wall; by stage: {stages}.{_run_load(run)}", ""] if run else []),
         f"{len(doc.records)} points, {len(failed)} failed. Latency columns are `b<batch>_t<threads>`: "
         "median ± IQR in ms over repeated runs after warm-up; a trailing `~` marks a noisy figure "
         "(measured under load or with a wide spread: the record's `noisy_reason` says which).", "",

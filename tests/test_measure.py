@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -200,6 +201,22 @@ def test_load_meter_reads_this_machine() -> None:
     assert load.usable_cores >= 1 and load.window_s >= 0.1
     if load.other_busy_cores is not None:  # Linux: /proc/stat
         assert 0.0 <= load.other_busy_cores <= load.usable_cores
+
+
+BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end:\n    pass\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
+def test_a_run_counts_its_ended_children_as_its_own_work() -> None:
+    """A sweep's worker processes are its work, not the machine's other load: a child that burns
+    0.6 CPU-seconds shows in the plain meter's other processes and not in the children meter's."""
+    import subprocess
+
+    plain, children = LoadMeter(), LoadMeter(children=True)
+    subprocess.run([sys.executable, "-c", BURN], check=True)  # waited for: its time is in RUSAGE_CHILDREN
+    with_child, without = plain.stop(), children.stop()
+    child_cores = 0.6 / with_child.window_s
+    assert with_child.other_busy_cores - without.other_busy_cores == pytest.approx(child_cores, rel=0.5)
 
 
 def test_report_marks_noisy_latency_in_table_and_plot(tmp_path) -> None:

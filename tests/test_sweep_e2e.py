@@ -61,6 +61,9 @@ def test_the_run_records_where_its_time_went(quick_sweep):
     assert all(seconds > 0 for seconds in stages.values())
     assert sum(stages.values()) <= run["wall"] + 0.5  # one process (the suite's QBENCH_JOBS=1): no overlap
     assert "s wall; by stage: " in (out / "results.md").read_text()
+    load = run["load"]  # what else ran: the sweep's own worker processes are not counted
+    assert load["usable_cores"] >= 1 and load["window_s"] == pytest.approx(run["wall"], abs=2.0)
+    assert load["other_busy_cores"] is None or load["other_busy_cores"] >= 0
 
 
 def test_report_files_exist_and_rerun_resumes_without_work(quick_sweep, monkeypatch):

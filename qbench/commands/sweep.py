@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit code: 0 every point ok, 1 some points failed; bad input raises QbenchError (the CLI's 2)."""
     from qbench.data.config import default_cache_dir
     from qbench.files import writable_dir
+    from qbench.measure import LoadMeter
     from qbench.report import render
     from qbench.sweep.config import SweepConfig
     from qbench.sweep.options import config_from_args, validate_names
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or default_out_dir(cfg)
     cache_dir = writable_dir(args.cache or default_cache_dir(), what="cache folder")
     start = time.perf_counter()
+    load = LoadMeter(children=True) if make_executor is None else None  # Ray's workers are not our children
     pipeline = Pipeline(cfg, cache_dir=cache_dir, progress=not args.no_progress)
     jobs = resolve_jobs(args)
     prepare = _shared_stages(pipeline, jobs=jobs, measure=make_executor is None)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                         retry_failed=args.retry_failed, fresh=args.fresh, prepare=prepare, executor=executor)
         if (how := executor.describe()) is not None:
             doc.provenance["executor"] = how  # saved with the stage times, which it qualifies
-    _record_stage_times(doc, pipeline, time.perf_counter() - start)
+    _record_stage_times(doc, pipeline, time.perf_counter() - start, load.stop() if load is not None else None)
     written = render(doc)
     failed = [r for r in doc.records if r["status"] != "ok"]
     print(f"{len(doc.records)} points ({len(failed)} failed) in {time.perf_counter() - start:.0f} s -> {out_dir}")
@@ -164,14 +167,21 @@ def _executor(args):
     return functools.partial(RayExecutor, address=args.ray_address, show=show_data)
 
 
-def _record_stage_times(doc, pipeline, wall_seconds: float) -> None:
-    """Store and print where this run's time went (only when it measured something)."""
+def _record_stage_times(doc, pipeline, wall_seconds: float, load=None) -> None:
+    """Store and print where this run's time went (only when it measured something), and ``load``
+    (:class:`qbench.measure.Load`): what other processes did on the machine meanwhile."""
     stages = {k: round(v, 1) for k, v in sorted(pipeline.stage_seconds.items(), key=lambda kv: -kv[1])}
     if not stages:
         return
     doc.provenance["run_seconds"] = {"wall": round(wall_seconds, 1), "stages": stages}
+    busy = ""
+    if load is not None:
+        doc.provenance["run_seconds"]["load"] = dataclasses.asdict(load)
+        if load.other_busy_cores is not None:
+            busy = f"; other processes kept {load.other_busy_cores:.2f} of {load.usable_cores} cores busy"
     doc.save()
-    print("time by stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + f" (wall {wall_seconds:.0f} s)")
+    print("time by stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+          + f" (wall {wall_seconds:.0f} s{busy})")
 
 
 def _first_line(reason: str | None) -> str:
