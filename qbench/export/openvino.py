@@ -30,11 +30,11 @@ CACHE_DIR = "openvino-cache"  # beside the model: compiled blobs, keyed by OpenV
 def _compile(path: Path, *, threads: int = 1, precision: FloatPrecision = FloatPrecision.F32):
     """The model compiled for the CPU plugin. Compiled blobs are kept beside it (OpenVINO's model
     cache), so compiling an artifact again with the same config (conformance, scoring and latency
-    share thread counts; a ``--fresh`` re-measure exports the same files again) loads the blob.
+    share thread counts; a ``--fresh`` re-measure exports the same model again) loads the blob.
 
     The model is read first and compiled from memory: OpenVINO then keys its cache on the model's
-    content, where for a file path it also checks the file's modification time, so a re-export of
-    the same bytes had compiled anew (4.5-5 s for an unrolled LSTM graph against 0.8-1 s loaded)."""
+    content (node names left out: the IR's come from a per-process counter), where for a file path
+    it also checks the file's modification time, so a re-export of the same model had compiled anew (4.5-5 s for an unrolled LSTM graph against 0.8-1 s loaded)."""
     import openvino as ov
 
     config = {**_config(threads, precision), "CACHE_DIR": str(Path(path).parent / CACHE_DIR)}
