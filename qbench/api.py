@@ -71,7 +71,7 @@ def prepare(pipe: Pipeline, *, show: Callable[[Any], None] | None = None, todo: 
     from qbench.sweep.ahead import teacher_first, train_ahead
 
     with teacher_first(pipe, jobs=jobs) as started:
-        dataset = pipe.dataset(jobs=1 if started else jobs)  # beside the teacher, or on every job
+        dataset = pipe.dataset(jobs=jobs - len(started))  # on every job the teacher leaves free
         if show is not None:
             show(dataset)
         for model in pipe.cfg.models:

@@ -51,8 +51,8 @@ from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_
 def teacher_first(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | None = None
                   ) -> Iterator[dict[Stage, tuple[Future, float]]]:
     """On a cold sweep with ``jobs`` > 1 whose teacher learns from its own dataset: build that dataset
-    first, on ``jobs`` processes, then train the teacher in a worker while the block runs (this process
-    builds the sweep's dataset beside it, then trains ahead with the teacher as one of its ``jobs``).
+    first, on ``jobs`` processes, then train the teacher in a worker while the block runs (the sweep's
+    dataset is built beside it on the other jobs, then training ahead counts it as one of its ``jobs``).
     Yields the stages started ({TEACHER: (its future, its start)}), or {} when this does not apply.
     The data's seconds, here and in the workers, are booked to the data stage; if the block raises,
     the teacher's worker is stopped. The teacher is the cold sweep's critical path: its data had waited for the
