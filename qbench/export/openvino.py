@@ -34,7 +34,8 @@ def _compile(path: Path, *, threads: int = 1, precision: FloatPrecision = FloatP
 
     The model is read first and compiled from memory: OpenVINO then keys its cache on the model's
     content (node names left out: the IR's come from a per-process counter), where for a file path
-    it also checks the file's modification time, so a re-export of the same model had compiled anew (4.5-5 s for an unrolled LSTM graph against 0.8-1 s loaded)."""
+    it also checks the file's modification time, so a re-export of the same model had compiled anew
+    (4.5-5 s for an unrolled LSTM graph against 0.8-1 s loaded)."""
     import openvino as ov
 
     config = {**_config(threads, precision), "CACHE_DIR": str(Path(path).parent / CACHE_DIR)}

@@ -31,18 +31,17 @@ first on all the jobs, and the teacher starts training while this process builds
 from __future__ import annotations
 
 import contextlib
-import importlib
 import dataclasses
+import importlib
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
+from qbench.pool import stop_pool, worker_pool
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.pool import stop_pool, worker_pool
 from qbench.sweep.ray_graph import TEACHER, Group, Stage, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, stage_task
 
@@ -55,8 +54,8 @@ def teacher_first(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | 
     dataset is built beside it on the other jobs, then training ahead counts it as one of its ``jobs``).
     Yields the stages started ({TEACHER: (its future, its start)}), or {} when this does not apply.
     The data's seconds, here and in the workers, are booked to the data stage; if the block raises,
-    the teacher's worker is stopped. The teacher is the cold sweep's critical path: its data had waited for the
-    sweep's, and it for both."""
+    the teacher's worker is stopped. The teacher is the cold sweep's critical path: its data had
+    waited for the sweep's, and it for both."""
     cfg = pipe.cfg
     from qbench.data import build_dataset
     from qbench.data.dataset import cache_path
@@ -77,8 +76,7 @@ def teacher_first(pipe: Pipeline, *, jobs: int, report: Callable[[str], None] | 
             built = build_dataset(cfg.teacher_data, cache_dir=pipe.cache_dir, progress=pipe.progress, jobs=jobs)
         pipe.book({"data": built.worker_seconds})
         del built  # the worker loads it from the cache; this process never needs it
-        spec = TaskSpec(cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
-        started = {TEACHER: (pool.submit(stage_task, spec, TEACHER), time.perf_counter())}
+        started = {TEACHER: (pool.submit(stage_task, TaskSpec.of(pipe), TEACHER), time.perf_counter())}
         report(f"ahead: {TEACHER.name(cfg)} started")
         yield started
     except BaseException:
@@ -135,7 +133,7 @@ def train_ahead(pipe: Pipeline, todo: list[Point], *, jobs: int, measure: bool =
         return None
     report = report or (lambda line: print(line, flush=True))
     start = time.perf_counter()
-    spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()))
+    spec = TaskSpec.of(pipe)
     groups = sorted(task_graph(pipe.cfg, todo)[1], key=lambda g: -len(g.points)) if measure else []
     outcomes, measured = _run(spec, stages, jobs, report, groups, started)
     for stage, outcome in outcomes.items():

@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
 
+from qbench.pool import worker_pool
 from qbench.sweep.deferred import Deferred, complete
 from qbench.sweep.pipeline import Pipeline
 from qbench.sweep.plan import Point
-from qbench.pool import worker_pool
 from qbench.sweep.ray_graph import Group, task_graph
 from qbench.sweep.ray_tasks import PointResult, StageOutcome, TaskSpec, measure_group, receive
 from qbench.sweep.run import measure_or_fail
@@ -105,8 +104,7 @@ class ParallelExecutor:
     def _run(self, groups: list[Group], left: list[Point]) -> Iterator[tuple[Group, list[PointResult]]]:
         """Each group's results as its worker returns them; a dead worker's unreturned points go to ``left``."""
         pipe = self.pipe
-        spec = TaskSpec(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()),
-                        compute_threads=1, executor="local")
+        spec = TaskSpec.of(pipe, compute_threads=1, executor="local")
         running: dict[Future, Group] = {}
         done, start = 0, time.perf_counter()
         groups = sorted(groups, key=lambda g: -len(g.points))  # the largest first: the last to finish is short

@@ -27,7 +27,6 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from qbench.errors import QbenchError
@@ -154,7 +153,7 @@ class RayExecutor:
                                   f"CPUs, but the largest Ray node has {largest:g}")
             return cpus
 
-        spec = self.ray.put(TaskSpec(cfg, str(Path(self.pipe.cache_dir).resolve()), tuple(self.pipe.thread_counts())))
+        spec = self.ray.put(TaskSpec.of(self.pipe))
         for stage in stages:
             threads = cfg.teacher_train.threads if stage.kind == "teacher" else cfg.student_train_for(stage.model).threads
             deps = [self._stages[TEACHER]] if stage.needs_teacher else []

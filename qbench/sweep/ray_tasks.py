@@ -43,6 +43,11 @@ class TaskSpec:
     compute_threads: int | None = None  # scoring and conformance threads (None: the largest thread count)
     executor: str = "ray"  # named in each record's provenance.compute
 
+    @classmethod
+    def of(cls, pipe: Pipeline, **fields: Any) -> TaskSpec:
+        """The spec of ``pipe``'s sweep: its config, its cache folder resolved, its thread counts."""
+        return cls(pipe.cfg, str(Path(pipe.cache_dir).resolve()), tuple(pipe.thread_counts()), **fields)
+
     @property
     def scoring_threads(self) -> int:
         return self.compute_threads or max(self.thread_counts)
